@@ -1,0 +1,26 @@
+# fundusfm: the disease-specific fundus foundation-model study as one workflow.
+# ingest -> preprocess -> pretrain -> finetune -> evaluate -> tables/figures -> report
+# See README.md and docs/architecture.md.
+
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/train.smk"
+include: "rules/evaluate.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_targets(),

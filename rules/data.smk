@@ -1,0 +1,116 @@
+# Data: draw the synthetic demo datasets, ingest every dataset into a manifest,
+# preprocess (FOV crop, resize, quality), check overlaps and split each task.
+
+
+rule synth:
+    """Draw a synthetic fundus dataset (only for datasets with a `synth:` block)."""
+    output:
+        labels=f"{config['data_dir']}/{{dataset}}/labels.csv",
+    params:
+        synth=lambda wc: config["datasets"][wc.dataset]["synth"],
+        args=lambda wc: synth_cli(wc),
+    log:
+        f"{R}/logs/synth/{{dataset}}.log",
+    benchmark:
+        f"{R}/benchmarks/synth/{{dataset}}.tsv"
+    threads: 2
+    shell:
+        "fundusfm synth --out {config[data_dir]}/{wildcards.dataset} --workers {threads} {params.args} > {log} 2>&1"
+
+
+rule ingest:
+    """Turn a dataset as distributed into the manifest contract."""
+    input:
+        synth_input,
+    output:
+        manifest=f"{R}/manifests/{{dataset}}.csv",
+        report=f"{R}/manifests/{{dataset}}.report.json",
+    params:
+        cfg=lambda wc: q(config["datasets"][wc.dataset]),
+    log:
+        f"{R}/logs/ingest/{{dataset}}.log",
+    shell:
+        "fundusfm ingest --name {wildcards.dataset} --config-json {params.cfg} "
+        "--out {output.manifest} --report {output.report} > {log} 2>&1"
+
+
+rule preprocess:
+    """FOV crop + resize + quality check; one QC row per manifest row."""
+    input:
+        manifest=f"{R}/manifests/{{dataset}}.csv",
+    output:
+        qc=f"{R}/preprocessed/{{dataset}}/qc.csv",
+    params:
+        root=lambda wc: dataset_root(wc.dataset),
+        pp=lambda wc: config["preprocess"],
+        thresholds=lambda wc: q(config["preprocess"].get("thresholds", {})),
+    log:
+        f"{R}/logs/preprocess/{{dataset}}.log",
+    benchmark:
+        f"{R}/benchmarks/preprocess/{{dataset}}.tsv"
+    threads: 2
+    shell:
+        "fundusfm preprocess --manifest {input.manifest} --root {params.root} "
+        "--out {R}/preprocessed/{wildcards.dataset} --size {params.pp[size]} "
+        "--normalise {params.pp[normalise]} --format {params.pp[format]} "
+        "--max-reject-fraction {params.pp[max_reject_fraction]} --thresholds {params.thresholds} "
+        "--workers {threads} > {log} 2>&1"
+
+
+rule qc_gallery:
+    """Contact sheet of rejected and borderline images per reason."""
+    input:
+        qc=f"{R}/preprocessed/{{dataset}}/qc.csv",
+    output:
+        report(
+            f"{R}/preprocessed/{{dataset}}/gallery.png",
+            caption="../workflow/report/qc_gallery.rst",
+            category="Preprocessing",
+            subcategory="{dataset}",
+        ),
+    log:
+        f"{R}/logs/qc_gallery/{{dataset}}.log",
+    shell:
+        "fundusfm preprocess --gallery-only {input.qc} --gallery {output} > {log} 2>&1"
+
+
+rule overlap:
+    """Perceptual-hash duplicates between pretraining data and downstream evaluation sets."""
+    input:
+        qc=[f"{R}/preprocessed/{d}/qc.csv" for d in DATASETS],
+    output:
+        report=f"{R}/overlap/overlap.csv",
+        exclude=f"{R}/overlap/exclude_from_pretraining.csv",
+    params:
+        qc=" ".join(f"{d}={R}/preprocessed/{d}/qc.csv" for d in DATASETS),
+        upstream=" ".join(config["pretrain"]["datasets"]),
+        evaluation=" ".join(
+            sorted(
+                {
+                    d
+                    for t in config["tasks"].values()
+                    for d in t["datasets"] + t["external"]
+                }
+                - set(config["pretrain"]["datasets"])
+            )
+        ),
+    log:
+        f"{R}/logs/overlap.log",
+    shell:
+        "fundusfm overlap --qc {params.qc} --upstream {params.upstream} "
+        "--evaluation {params.evaluation} --out {output.report} --exclude-out {output.exclude} > {log} 2>&1"
+
+
+rule split:
+    """Patient-grouped, stratified, leak-checked folds of a task (or of pretraining)."""
+    input:
+        unpack(split_inputs),
+    output:
+        f"{R}/splits/{{task}}.csv",
+    params:
+        task=lambda wc: q(fcfg.task_spec(config, wc.task)),
+        args=split_args,
+    log:
+        f"{R}/logs/split/{{task}}.log",
+    shell:
+        "fundusfm split --task-json {params.task} {params.args} --out {output} > {log} 2>&1"

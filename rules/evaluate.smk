@@ -1,0 +1,53 @@
+# Evaluation: metrics with patient-level bootstrap CIs per run and set, then the
+# study table (init × label fraction, aggregated over folds and seeds) per task.
+
+
+rule evaluate:
+    """Metrics of one run on one evaluated set, from its predictions file only."""
+    input:
+        pred=f"{R}/finetune/{{task}}/{{init}}/fold{{fold}}/frac{{fraction}}/seed{{seed}}/predictions_{{evalset}}.csv",
+        val=f"{R}/finetune/{{task}}/{{init}}/fold{{fold}}/frac{{fraction}}/seed{{seed}}/predictions_val.csv",
+    output:
+        f"{R}/metrics/{{task}}/{{init}}/fold{{fold}}/frac{{fraction}}/seed{{seed}}/{{evalset}}.json",
+    params:
+        task=lambda wc: q(fcfg.task_spec(config, wc.task)),
+        meta=lambda wc: q(
+            dict(
+                task=wc.task,
+                init=wc.init,
+                fold=int(wc.fold),
+                fraction=float(wc.fraction),
+                seed=int(wc.seed),
+                set=wc.evalset,
+            )
+        ),
+        n_boot=config["report"]["n_boot"],
+    log:
+        f"{R}/logs/evaluate/{{task}}/{{init}}/fold{{fold}}/frac{{fraction}}/seed{{seed}}/{{evalset}}.log",
+    shell:
+        "fundusfm evaluate --predictions {input.pred} --val-predictions {input.val} "
+        "--task-json {params.task} --meta {params.meta} --n-boot {params.n_boot} "
+        "--seed {config[seed]} --out {output} > {log} 2>&1"
+
+
+rule table:
+    """The study table of a task: init × fraction, mean ± sd [CI] over folds and seeds."""
+    input:
+        task_metrics,
+    output:
+        csv=f"{R}/tables/{{task}}.csv",
+        md=report(
+            f"{R}/tables/{{task}}.md",
+            caption="../workflow/report/table.rst",
+            category="Study tables",
+            subcategory="{task}",
+        ),
+        tex=f"{R}/tables/{{task}}.tex",
+    params:
+        task=lambda wc: q(fcfg.task_spec(config, wc.task)),
+        ref=lambda wc: config["tasks"][wc.task]["compare_to"],
+    log:
+        f"{R}/logs/table/{{task}}.log",
+    shell:
+        "fundusfm table --task {wildcards.task} --task-json {params.task} --metrics {input} "
+        "--compare-to {params.ref} --out-prefix {R}/tables/{wildcards.task} > {log} 2>&1"

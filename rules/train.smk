@@ -1,0 +1,78 @@
+# Training: upstream pretraining (normal vs abnormal) and the fine-tuning grid
+# task × init × fold × label fraction × seed. GPU rules declare resources: gpu.
+
+
+rule pretrain:
+    """Pretrain the backbone on the upstream set, from random or ImageNet weights."""
+    input:
+        table=f"{R}/splits/pretrain.csv",
+    output:
+        model=f"{R}/pretrain/{{source}}/model.safetensors",
+        meta=f"{R}/pretrain/{{source}}/model.json",
+        history=f"{R}/pretrain/{{source}}/history.csv",
+        val=f"{R}/pretrain/{{source}}/predictions_val.csv",
+        test=f"{R}/pretrain/{{source}}/predictions_test.csv",
+    params:
+        task=lambda wc: q(fcfg.task_spec(config, "pretrain")),
+        hparams=lambda wc: q(fcfg.hparams(config, "pretrain")),
+        seed=config["pretrain"]["seed"],
+    resources:
+        gpu=GPUS_PER_JOB,
+    log:
+        f"{R}/logs/pretrain/{{source}}.log",
+    benchmark:
+        f"{R}/benchmarks/pretrain/{{source}}.tsv"
+    threads: 2
+    shell:
+        "OMP_NUM_THREADS={threads} fundusfm train --table {input.table} --fold 0 --fraction 1 "
+        "--seed {params.seed} --task-json {params.task} --hparams-json {params.hparams} "
+        "--init {wildcards.source} --init-name {wildcards.source} "
+        "--gpus {resources.gpu} --out {R}/pretrain/{wildcards.source} > {log} 2>&1"
+
+
+rule finetune:
+    """Fine-tune one run of the study grid; writes predictions for every evaluated set."""
+    input:
+        table=f"{R}/splits/{{task}}.csv",
+        init=init_checkpoint,
+    output:
+        [
+            f"{R}/finetune/{{task}}/{{init}}/fold{{fold}}/frac{{fraction}}/seed{{seed}}/{name}"
+            for name in ["model.safetensors", "model.json", "history.csv", "predictions_val.csv", "predictions_test.csv"]
+        ],
+    params:
+        task=lambda wc: q(fcfg.task_spec(config, wc.task)),
+        hparams=lambda wc: q(fcfg.hparams(config, wc.task)),
+        init=init_cli,
+        out=f"{R}/finetune/{{task}}/{{init}}/fold{{fold}}/frac{{fraction}}/seed{{seed}}",
+    resources:
+        gpu=GPUS_PER_JOB,
+    log:
+        f"{R}/logs/finetune/{{task}}/{{init}}/fold{{fold}}/frac{{fraction}}/seed{{seed}}.log",
+    benchmark:
+        f"{R}/benchmarks/finetune/{{task}}/{{init}}/fold{{fold}}/frac{{fraction}}/seed{{seed}}.tsv"
+    threads: 1
+    shell:
+        "OMP_NUM_THREADS={threads} fundusfm train --table {input.table} --fold {wildcards.fold} "
+        "--fraction {wildcards.fraction} --seed {wildcards.seed} --task-json {params.task} "
+        "--hparams-json {params.hparams} {params.init} "
+        "--gpus {resources.gpu} --out {params.out} > {log} 2>&1"
+
+
+rule predict_external:
+    """Predict an external evaluation set with a fine-tuned model (no retraining when
+    an external set is added)."""
+    input:
+        table=f"{R}/splits/{{task}}.csv",
+        model=f"{R}/finetune/{{task}}/{{init}}/fold{{fold}}/frac{{fraction}}/seed{{seed}}/model.safetensors",
+    output:
+        f"{R}/finetune/{{task}}/{{init}}/fold{{fold}}/frac{{fraction}}/seed{{seed}}/predictions_external_{{dataset}}.csv",
+    resources:
+        gpu=GPUS_PER_JOB,
+    log:
+        f"{R}/logs/predict_external/{{task}}/{{init}}/fold{{fold}}/frac{{fraction}}/seed{{seed}}/{{dataset}}.log",
+    threads: 1
+    shell:
+        "OMP_NUM_THREADS={threads} fundusfm train --predict-only --table {input.table} "
+        "--fold {wildcards.fold} --external {wildcards.dataset} "
+        "--out $(dirname {input.model}) > {log} 2>&1"

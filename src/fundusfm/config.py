@@ -1,0 +1,234 @@
+"""The study configuration: schema validation, cross-checks and the run grid.
+
+The Snakemake workflow (rules/common.smk) and the tests use the same functions, so a
+config error reads the same wherever it is found, before any job runs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+
+# Inits that come from our own pretraining, and the pretraining source each needs.
+PRETRAINED_INITS = {"fundus": "random", "imagenet+fundus": "imagenet"}
+BUILTIN_INITS = {"random", "imagenet", *PRETRAINED_INITS}
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key and what to do."""
+
+
+def _schema() -> dict:
+    with open(SCHEMA) as fh:
+        return yaml.safe_load(fh)
+
+
+def _path(err: jsonschema.ValidationError) -> str:
+    return ".".join(str(p) for p in err.absolute_path) or "(top level)"
+
+
+def validate(config: dict, source: str = "config") -> dict:
+    """Validate against the JSON schema, fill defaults, then cross-check references.
+
+    Raises ConfigError listing every problem with its key path.
+    """
+    validator = jsonschema.Draft202012Validator(_schema())
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = [f"  - {_path(e)}: {e.message}" for e in errors]
+        raise ConfigError(f"{source} is invalid ({len(errors)} problem(s)):\n" + "\n".join(lines))
+    _fill_defaults(config)
+    problems = list(_cross_check(config))
+    if problems:
+        raise ConfigError(f"{source} is invalid ({len(problems)} problem(s)):\n" + "\n".join(f"  - {p}" for p in problems))
+    return config
+
+
+def _fill_defaults(config: dict) -> None:
+    config.setdefault("seed", 0)
+    config.setdefault("data_dir", "data")
+    config.setdefault("results_dir", "results")
+    config.setdefault("inits", {})
+    config.setdefault("report", {})
+    config["report"].setdefault("cam", True)
+    config["report"].setdefault("n_boot", 1000)
+    config.setdefault("mlflow", {}).setdefault("enabled", True)
+    pp = config["preprocess"]
+    for k, v in {"size": 512, "normalise": "none", "format": "png", "max_reject_fraction": 0.2}.items():
+        pp.setdefault(k, v)
+    pt = config["pretrain"]
+    pt.setdefault("split", {"strategy": "holdout"})
+    pt.setdefault("seed", config["seed"])
+    pt.setdefault("exclude_overlaps", True)
+    pt.setdefault("hparams", {})
+    for name, ds in config["datasets"].items():
+        if "synth" in ds:
+            ds.setdefault("root", f"{config['data_dir']}/{name}")
+    for task in config["tasks"].values():
+        task.setdefault("external", [])
+        task.setdefault("split", {"strategy": "kfold", "folds": 5})
+        task.setdefault("hparams", {})
+        task.setdefault("compare_to", task["inits"][0] if "random" not in task["inits"] else "random")
+
+
+def _cross_check(config: dict):
+    datasets = config["datasets"]
+    for name, ds in datasets.items():
+        if "root" not in ds and ds["adapter"] not in {"manifest"}:
+            yield f"datasets.{name}.root: missing (the folder of the dataset as distributed)"
+        if "synth" in ds and ds["adapter"] != "synth":
+            yield f"datasets.{name}: a 'synth' block needs adapter: synth (got {ds['adapter']!r})"
+    for ds in config["pretrain"]["datasets"]:
+        if ds not in datasets:
+            yield f"pretrain.datasets: unknown dataset {ds!r} (known: {', '.join(sorted(datasets))})"
+    named = set(config.get("inits", {}))
+    for tname, task in config["tasks"].items():
+        for key in ("datasets", "external"):
+            for ds in task.get(key, []):
+                if ds not in datasets:
+                    yield f"tasks.{tname}.{key}: unknown dataset {ds!r} (known: {', '.join(sorted(datasets))})"
+        both = set(task["datasets"]) & set(task.get("external", []))
+        if both:
+            yield f"tasks.{tname}: {sorted(both)} both a development and an external dataset"
+        for init in task["inits"]:
+            if init not in BUILTIN_INITS and init not in named:
+                yield (
+                    f"tasks.{tname}.inits: unknown init {init!r}; use one of {sorted(BUILTIN_INITS)} "
+                    f"or name a checkpoint under the top-level 'inits:' key"
+                )
+        if task["compare_to"] not in task["inits"]:
+            yield f"tasks.{tname}.compare_to: {task['compare_to']!r} is not one of the task's inits"
+        split = task["split"]
+        folds = split.get("folds", 5) if split.get("strategy", "kfold") == "kfold" else 1
+        for k in task.get("run_folds", []):
+            if k >= folds:
+                yield f"tasks.{tname}.run_folds: fold {k} does not exist (the split has {folds} fold(s))"
+        if task["type"] == "binary" and len(task["classes"]) != 2:
+            yield f"tasks.{tname}.classes: a binary task has exactly 2 classes, got {task['classes']}"
+        if len(set(task["fractions"])) != len(task["fractions"]):
+            yield f"tasks.{tname}.fractions: repeated values {task['fractions']}"
+
+
+def load(path: str | os.PathLike) -> dict:
+    """Read and validate a config file."""
+    with open(path) as fh:
+        config = yaml.safe_load(fh)
+    return validate(config, source=str(path))
+
+
+def local_gpu_count() -> int:
+    """GPUs visible to this process, without importing torch (cheap at DAG build)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() not in ("", "-1")])
+    import shutil
+    import subprocess
+
+    if not shutil.which("nvidia-smi"):
+        return 0
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+
+
+# ---------------------------------------------------------------------------- grid
+
+def fmt_fraction(f: float) -> str:
+    """Label-fraction as it appears in paths (``0.1``, ``1``)."""
+    return f"{float(f):g}"
+
+
+def split_folds(task: dict) -> int:
+    split = task.get("split", {})
+    return split.get("folds", 5) if split.get("strategy", "kfold") == "kfold" else 1
+
+
+def run_folds(task: dict) -> list[int]:
+    return list(task.get("run_folds") or range(split_folds(task)))
+
+
+@dataclass(frozen=True)
+class Run:
+    """One fine-tuning job of the study grid."""
+
+    task: str
+    init: str
+    fold: int
+    fraction: str
+    seed: int
+
+    @property
+    def path(self) -> str:
+        return f"{self.task}/{self.init}/fold{self.fold}/frac{self.fraction}/seed{self.seed}"
+
+
+def runs(config: dict, task: str | None = None) -> list[Run]:
+    """The fine-tuning grid: task × init × fold × fraction × seed."""
+    out = []
+    for tname, t in config["tasks"].items():
+        if task is not None and tname != task:
+            continue
+        for init, fold, frac, seed in itertools.product(t["inits"], run_folds(t), t["fractions"], t["seeds"]):
+            out.append(Run(tname, init, fold, fmt_fraction(frac), seed))
+    return out
+
+
+def eval_sets(task: dict) -> list[str]:
+    """Prediction sets evaluated for a task: the internal test set and each external set."""
+    return ["test"] + [f"external_{ds}" for ds in task.get("external", [])]
+
+
+def pretrain_sources(config: dict) -> list[str]:
+    """Which pretrainings the configured inits need (``random`` and/or ``imagenet``)."""
+    used = {i for t in config["tasks"].values() for i in t["inits"]}
+    return sorted({PRETRAINED_INITS[i] for i in used if i in PRETRAINED_INITS})
+
+
+def task_spec(config: dict, task: str) -> dict:
+    """The task definition passed to the CLI (JSON): labels, type, datasets, split."""
+    if task == "pretrain":
+        pt = config["pretrain"]
+        spec = dict(pt["task"], name="pretrain", datasets=list(pt["datasets"]), external=[], split=pt["split"])
+        spec["split"] = dict({"seed": pt["seed"]}, **spec["split"])
+        return spec
+    t = config["tasks"][task]
+    keys = ("type", "label", "classes", "labels", "datasets", "external", "split")
+    return dict({k: t[k] for k in keys if k in t}, name=task)
+
+
+def hparams(config: dict, task: str) -> dict:
+    """Resolved hyper-parameters of a task's training jobs (train defaults + overrides)."""
+    own = config["pretrain"]["hparams"] if task == "pretrain" else config["tasks"][task]["hparams"]
+    return {**config["train"], **own}
+
+
+def init_args(config: dict, init: str, results: str = "results") -> list[str]:
+    """CLI arguments selecting an init for ``fundusfm train``."""
+    if init in ("random", "imagenet"):
+        return ["--init", init, "--init-name", init]
+    if init in PRETRAINED_INITS:
+        ckpt = f"{results}/pretrain/{PRETRAINED_INITS[init]}/model.safetensors"
+        return ["--init", f"checkpoint:{ckpt}", "--init-name", init]
+    entry = config["inits"][init]
+    args = ["--init", f"checkpoint:{entry['checkpoint']}", "--init-name", init]
+    if entry.get("trust_pickle"):
+        args.append("--trust-pickle")
+    if entry.get("allow_partial"):
+        args.append("--allow-partial")
+    return args
+
+
+def to_json(obj) -> str:
+    """Compact, key-sorted JSON (stable, so Snakemake's params trigger is exact)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
