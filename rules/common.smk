@@ -1,5 +1,4 @@
 # Config validation and the named input/param functions every rule uses.
-import os
 import shlex
 import sys
 
@@ -8,7 +7,7 @@ from fundusfm import config as fcfg
 fcfg.validate(config, source="the Snakemake config")
 
 # Rules call the `fundusfm` CLI installed next to the Python running Snakemake.
-os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+fcfg.put_cli_on_path(sys.executable)
 
 # GPUs each training job asks for: 1 where the machine (or cluster profile) has GPUs.
 GPUS_PER_JOB = int(config.get("gpus_per_job", 1 if fcfg.local_gpu_count() else 0))
@@ -87,7 +86,9 @@ def split_args(wildcards, input):
 def init_checkpoint(wildcards):
     """Our own pretraining must finish before a fundus-initialised fine-tune starts."""
     if wildcards.init in fcfg.PRETRAINED_INITS:
-        return [f"{R}/pretrain/{fcfg.PRETRAINED_INITS[wildcards.init]}/model.safetensors"]
+        return [
+            f"{R}/pretrain/{fcfg.PRETRAINED_INITS[wildcards.init]}/model.safetensors"
+        ]
     return []
 
 
@@ -101,7 +102,11 @@ def run_dirs(task):
 
 def task_metrics(wildcards):
     t = config["tasks"][wildcards.task]
-    return [f"{R}/metrics/{r.path}/{s}.json" for r in fcfg.runs(config, wildcards.task) for s in fcfg.eval_sets(t)]
+    return [
+        f"{R}/metrics/{r.path}/{s}.json"
+        for r in fcfg.runs(config, wildcards.task)
+        for s in fcfg.eval_sets(t)
+    ]
 
 
 def all_targets():
@@ -114,8 +119,15 @@ def synth_cli(wildcards):
     s = config["datasets"][wildcards.dataset]["synth"]
     args = ["--patients", str(s["patients"]), "--seed", str(s["seed"])]
     if "prevalence" in s:
-        args += ["--prevalence", ",".join(f"{k}={v}" for k, v in sorted(s["prevalence"].items()))]
-    for key, flag in (("defect_rate", "--defect-rate"), ("non_fundus", "--non-fundus"), ("scale", "--scale")):
+        args += [
+            "--prevalence",
+            ",".join(f"{k}={v}" for k, v in sorted(s["prevalence"].items())),
+        ]
+    for key, flag in (
+        ("defect_rate", "--defect-rate"),
+        ("non_fundus", "--non-fundus"),
+        ("scale", "--scale"),
+    ):
         if key in s:
             args += [flag, str(s[key])]
     return " ".join(shlex.quote(a) for a in args)

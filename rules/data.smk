@@ -6,16 +6,19 @@ rule synth:
     """Draw a synthetic fundus dataset (only for datasets with a `synth:` block)."""
     output:
         labels=f"{config['data_dir']}/{{dataset}}/labels.csv",
-    params:
-        synth=lambda wc: config["datasets"][wc.dataset]["synth"],
-        args=lambda wc: synth_cli(wc),
     log:
         f"{R}/logs/synth/{{dataset}}.log",
     benchmark:
         f"{R}/benchmarks/synth/{{dataset}}.tsv"
+    conda:
+        "../envs/fundusfm.yaml"
     threads: 2
+    params:
+        synth=lambda wc: config["datasets"][wc.dataset]["synth"],
+        args=synth_cli,
+        out=lambda wc: f"{config['data_dir']}/{wc.dataset}",
     shell:
-        "fundusfm synth --out {config[data_dir]}/{wildcards.dataset} --workers {threads} {params.args} > {log} 2>&1"
+        "fundusfm synth --out {params.out} --workers {threads} {params.args} > {log} 2>&1"
 
 
 rule ingest:
@@ -25,10 +28,12 @@ rule ingest:
     output:
         manifest=f"{R}/manifests/{{dataset}}.csv",
         report=f"{R}/manifests/{{dataset}}.report.json",
-    params:
-        cfg=lambda wc: q(config["datasets"][wc.dataset]),
     log:
         f"{R}/logs/ingest/{{dataset}}.log",
+    conda:
+        "../envs/fundusfm.yaml"
+    params:
+        cfg=lambda wc: q(config["datasets"][wc.dataset]),
     shell:
         "fundusfm ingest --name {wildcards.dataset} --config-json {params.cfg} "
         "--out {output.manifest} --report {output.report} > {log} 2>&1"
@@ -40,18 +45,21 @@ rule preprocess:
         manifest=f"{R}/manifests/{{dataset}}.csv",
     output:
         qc=f"{R}/preprocessed/{{dataset}}/qc.csv",
-    params:
-        root=lambda wc: dataset_root(wc.dataset),
-        pp=lambda wc: config["preprocess"],
-        thresholds=lambda wc: q(config["preprocess"].get("thresholds", {})),
     log:
         f"{R}/logs/preprocess/{{dataset}}.log",
     benchmark:
         f"{R}/benchmarks/preprocess/{{dataset}}.tsv"
+    conda:
+        "../envs/fundusfm.yaml"
     threads: 2
+    params:
+        root=lambda wc: dataset_root(wc.dataset),
+        pp=lambda wc: config["preprocess"],
+        thresholds=lambda wc: q(config["preprocess"].get("thresholds", {})),
+        out=lambda wc: f"{R}/preprocessed/{wc.dataset}",
     shell:
         "fundusfm preprocess --manifest {input.manifest} --root {params.root} "
-        "--out {R}/preprocessed/{wildcards.dataset} --size {params.pp[size]} "
+        "--out {params.out} --size {params.pp[size]} "
         "--normalise {params.pp[normalise]} --format {params.pp[format]} "
         "--max-reject-fraction {params.pp[max_reject_fraction]} --thresholds {params.thresholds} "
         "--workers {threads} > {log} 2>&1"
@@ -70,6 +78,8 @@ rule qc_gallery:
         ),
     log:
         f"{R}/logs/qc_gallery/{{dataset}}.log",
+    conda:
+        "../envs/fundusfm.yaml"
     shell:
         "fundusfm preprocess --gallery-only {input.qc} --gallery {output} > {log} 2>&1"
 
@@ -81,6 +91,10 @@ rule overlap:
     output:
         report=f"{R}/overlap/overlap.csv",
         exclude=f"{R}/overlap/exclude_from_pretraining.csv",
+    log:
+        f"{R}/logs/overlap.log",
+    conda:
+        "../envs/fundusfm.yaml"
     params:
         qc=" ".join(f"{d}={R}/preprocessed/{d}/qc.csv" for d in DATASETS),
         upstream=" ".join(config["pretrain"]["datasets"]),
@@ -94,8 +108,6 @@ rule overlap:
                 - set(config["pretrain"]["datasets"])
             )
         ),
-    log:
-        f"{R}/logs/overlap.log",
     shell:
         "fundusfm overlap --qc {params.qc} --upstream {params.upstream} "
         "--evaluation {params.evaluation} --out {output.report} --exclude-out {output.exclude} > {log} 2>&1"
@@ -107,10 +119,12 @@ rule split:
         unpack(split_inputs),
     output:
         f"{R}/splits/{{task}}.csv",
+    log:
+        f"{R}/logs/split/{{task}}.log",
+    conda:
+        "../envs/fundusfm.yaml"
     params:
         task=lambda wc: q(fcfg.task_spec(config, wc.task)),
         args=split_args,
-    log:
-        f"{R}/logs/split/{{task}}.log",
     shell:
         "fundusfm split --task-json {params.task} {params.args} --out {output} > {log} 2>&1"

@@ -9,6 +9,10 @@ rule evaluate:
         val=f"{R}/finetune/{{task}}/{{init}}/fold{{fold}}/frac{{fraction}}/seed{{seed}}/predictions_val.csv",
     output:
         f"{R}/metrics/{{task}}/{{init}}/fold{{fold}}/frac{{fraction}}/seed{{seed}}/{{evalset}}.json",
+    log:
+        f"{R}/logs/evaluate/{{task}}/{{init}}/fold{{fold}}/frac{{fraction}}/seed{{seed}}/{{evalset}}.log",
+    conda:
+        "../envs/fundusfm.yaml"
     params:
         task=lambda wc: q(fcfg.task_spec(config, wc.task)),
         meta=lambda wc: q(
@@ -22,12 +26,11 @@ rule evaluate:
             )
         ),
         n_boot=config["report"]["n_boot"],
-    log:
-        f"{R}/logs/evaluate/{{task}}/{{init}}/fold{{fold}}/frac{{fraction}}/seed{{seed}}/{{evalset}}.log",
+        seed=config["seed"],
     shell:
         "fundusfm evaluate --predictions {input.pred} --val-predictions {input.val} "
         "--task-json {params.task} --meta {params.meta} --n-boot {params.n_boot} "
-        "--seed {config[seed]} --out {output} > {log} 2>&1"
+        "--seed {params.seed} --out {output} > {log} 2>&1"
 
 
 rule table:
@@ -43,11 +46,14 @@ rule table:
             subcategory="{task}",
         ),
         tex=f"{R}/tables/{{task}}.tex",
+    log:
+        f"{R}/logs/table/{{task}}.log",
+    conda:
+        "../envs/fundusfm.yaml"
     params:
         task=lambda wc: q(fcfg.task_spec(config, wc.task)),
         ref=lambda wc: config["tasks"][wc.task]["compare_to"],
-    log:
-        f"{R}/logs/table/{{task}}.log",
+        prefix=lambda wc: f"{R}/tables/{wc.task}",
     shell:
         "fundusfm table --task {wildcards.task} --task-json {params.task} --metrics {input} "
-        "--compare-to {params.ref} --out-prefix {R}/tables/{wildcards.task} > {log} 2>&1"
+        "--compare-to {params.ref} --out-prefix {params.prefix} > {log} 2>&1"

@@ -12,22 +12,25 @@ rule pretrain:
         history=f"{R}/pretrain/{{source}}/history.csv",
         val=f"{R}/pretrain/{{source}}/predictions_val.csv",
         test=f"{R}/pretrain/{{source}}/predictions_test.csv",
-    params:
-        task=lambda wc: q(fcfg.task_spec(config, "pretrain")),
-        hparams=lambda wc: q(fcfg.hparams(config, "pretrain")),
-        seed=config["pretrain"]["seed"],
-    resources:
-        gpu=GPUS_PER_JOB,
     log:
         f"{R}/logs/pretrain/{{source}}.log",
     benchmark:
         f"{R}/benchmarks/pretrain/{{source}}.tsv"
+    conda:
+        "../envs/fundusfm.yaml"
     threads: 2
+    resources:
+        gpu=GPUS_PER_JOB,
+    params:
+        task=lambda wc: q(fcfg.task_spec(config, "pretrain")),
+        hparams=lambda wc: q(fcfg.hparams(config, "pretrain")),
+        seed=config["pretrain"]["seed"],
+        out=lambda wc: f"{R}/pretrain/{wc.source}",
     shell:
         "OMP_NUM_THREADS={threads} fundusfm train --table {input.table} --fold 0 --fraction 1 "
         "--seed {params.seed} --task-json {params.task} --hparams-json {params.hparams} "
         "--init {wildcards.source} --init-name {wildcards.source} "
-        "--gpus {resources.gpu} --out {R}/pretrain/{wildcards.source} > {log} 2>&1"
+        "--gpus {resources.gpu} --out {params.out} > {log} 2>&1"
 
 
 rule finetune:
@@ -38,20 +41,28 @@ rule finetune:
     output:
         [
             f"{R}/finetune/{{task}}/{{init}}/fold{{fold}}/frac{{fraction}}/seed{{seed}}/{name}"
-            for name in ["model.safetensors", "model.json", "history.csv", "predictions_val.csv", "predictions_test.csv"]
+            for name in [
+                "model.safetensors",
+                "model.json",
+                "history.csv",
+                "predictions_val.csv",
+                "predictions_test.csv",
+            ]
         ],
+    log:
+        f"{R}/logs/finetune/{{task}}/{{init}}/fold{{fold}}/frac{{fraction}}/seed{{seed}}.log",
+    benchmark:
+        f"{R}/benchmarks/finetune/{{task}}/{{init}}/fold{{fold}}/frac{{fraction}}/seed{{seed}}.tsv"
+    conda:
+        "../envs/fundusfm.yaml"
+    threads: 1
+    resources:
+        gpu=GPUS_PER_JOB,
     params:
         task=lambda wc: q(fcfg.task_spec(config, wc.task)),
         hparams=lambda wc: q(fcfg.hparams(config, wc.task)),
         init=init_cli,
         out=f"{R}/finetune/{{task}}/{{init}}/fold{{fold}}/frac{{fraction}}/seed{{seed}}",
-    resources:
-        gpu=GPUS_PER_JOB,
-    log:
-        f"{R}/logs/finetune/{{task}}/{{init}}/fold{{fold}}/frac{{fraction}}/seed{{seed}}.log",
-    benchmark:
-        f"{R}/benchmarks/finetune/{{task}}/{{init}}/fold{{fold}}/frac{{fraction}}/seed{{seed}}.tsv"
-    threads: 1
     shell:
         "OMP_NUM_THREADS={threads} fundusfm train --table {input.table} --fold {wildcards.fold} "
         "--fraction {wildcards.fraction} --seed {wildcards.seed} --task-json {params.task} "
@@ -67,11 +78,13 @@ rule predict_external:
         model=f"{R}/finetune/{{task}}/{{init}}/fold{{fold}}/frac{{fraction}}/seed{{seed}}/model.safetensors",
     output:
         f"{R}/finetune/{{task}}/{{init}}/fold{{fold}}/frac{{fraction}}/seed{{seed}}/predictions_external_{{dataset}}.csv",
-    resources:
-        gpu=GPUS_PER_JOB,
     log:
         f"{R}/logs/predict_external/{{task}}/{{init}}/fold{{fold}}/frac{{fraction}}/seed{{seed}}/{{dataset}}.log",
+    conda:
+        "../envs/fundusfm.yaml"
     threads: 1
+    resources:
+        gpu=GPUS_PER_JOB,
     shell:
         "OMP_NUM_THREADS={threads} fundusfm train --predict-only --table {input.table} "
         "--fold {wildcards.fold} --external {wildcards.dataset} "

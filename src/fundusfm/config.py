@@ -125,6 +125,14 @@ def load(path: str | os.PathLike) -> dict:
     return validate(config, source=str(path))
 
 
+def put_cli_on_path(python: str) -> None:
+    """Let rules find the ``fundusfm`` CLI installed next to the running interpreter
+    (Snakemake started as ``.venv/bin/snakemake`` without an activated venv)."""
+    bindir = os.path.dirname(python)
+    if bindir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+
+
 def local_gpu_count() -> int:
     """GPUs visible to this process, without importing torch (cheap at DAG build)."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")

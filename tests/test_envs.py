@@ -1,0 +1,42 @@
+"""envs/fundusfm.yaml (for cluster users' conda) stays pinned to what CI tests."""
+
+import importlib.metadata as md
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _name(req: str) -> str:
+    return re.split(r"[<>=!~ \[;]", req, maxsplit=1)[0].strip().lower()
+
+
+def conda_pins() -> dict[str, str]:
+    env = yaml.safe_load((REPO / "envs" / "fundusfm.yaml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+    pins = {}
+    for item in pip:
+        if item.startswith("-e"):
+            continue
+        name, version = item.split("==")
+        pins[name.lower()] = version
+    return pins
+
+
+def test_every_runtime_dependency_is_pinned_in_the_conda_env():
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    missing = {_name(d) for d in deps} - set(conda_pins())
+    assert not missing, f"add to envs/fundusfm.yaml: {sorted(missing)}"
+
+
+def test_conda_pins_equal_the_tested_versions():
+    drift = {n: (v, md.version(n)) for n, v in conda_pins().items() if md.version(n) != v}
+    assert not drift, f"envs/fundusfm.yaml pins differ from the tested environment (pinned, installed): {drift}"
+
+
+def test_conda_env_installs_the_project_itself():
+    env = (REPO / "envs" / "fundusfm.yaml").read_text()
+    assert "- -e .." in env
