@@ -1,0 +1,308 @@
+"""Field-of-view (FOV) detection: the circular camera aperture of a fundus photograph.
+
+Method (coarse-to-fine):
+
+1. coarse: threshold a ~256-px thumbnail of the per-pixel channel maximum between the dark
+   background and the FOV (Otsu), keep the largest blob, fit a circle to its outline
+   (robust, ignoring outline points on the image border);
+2. fine: sample ~1 radial profile per 2 px of rim in a band around the coarse circle,
+   locate the 50 % crossing between the local inside and background levels with
+   sub-pixel interpolation, drop rays that leave the frame (clipped FOV), fit a circle by
+   iteratively MAD-trimmed algebraic fit (rejects a notch, eyelash or reflex) and refine
+   it geometrically (orthogonal distances);
+3. cut edges: a straight horizontal cut (camera mask, or the frame border when the circle
+   is larger than the frame) is found on a vertical profile through the centre;
+4. sanity: enough inlier rim points spread around the circle, small residual, a dark
+   background and a bright inside. Anything else (a photo of something that is not an eye,
+   an image without a dark surround) gives ``FOV(found=False, reason=...)`` rather than a
+   wrong circle.
+
+Coordinates: pixel centres at integers, so a pixel x covers [x - 0.5, x + 0.5].
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+_THUMB = 256  # long side of the coarse thumbnail
+
+
+@dataclass(frozen=True)
+class FOV:
+    """A detected field of view.
+
+    ``cx, cy, r``: circle in pixels of the image it was detected on; ``top``/``bottom``:
+    y of a straight horizontal cut edge (``-0.5`` / ``height - 0.5`` = the frame border)
+    or ``None``; ``reason``: why nothing was found (empty when found); ``rms``: RMS
+    residual of the rim points (px); ``n_points``: inlier rim points.
+    """
+
+    found: bool
+    cx: float = math.nan
+    cy: float = math.nan
+    r: float = math.nan
+    top: float | None = None
+    bottom: float | None = None
+    reason: str = ""
+    rms: float = math.nan
+    n_points: int = 0
+
+    def scaled(self, s: float) -> FOV:
+        """The same FOV in an image ``s`` times larger (x -> s * (x + 0.5) - 0.5)."""
+        if not self.found:
+            return self
+
+        def m(v):
+            return None if v is None else s * (v + 0.5) - 0.5
+
+        return FOV(True, m(self.cx), m(self.cy), self.r * s, m(self.top), m(self.bottom),
+                   "", self.rms * s, self.n_points)
+
+
+def not_found(reason: str) -> FOV:
+    return FOV(False, reason=f"no field of view: {reason}")
+
+
+# ---------------------------------------------------------------------------- circle fits
+def fit_circle(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    """Algebraic (Kasa) least-squares circle through points; returns (cx, cy, r)."""
+    mx, my = x.mean(), y.mean()  # centre the data for conditioning
+    u, v = x - mx, y - my
+    a = np.column_stack([u, v, np.ones_like(u)])
+    c, *_ = np.linalg.lstsq(a, u * u + v * v, rcond=None)
+    cx, cy = c[0] / 2, c[1] / 2
+    return float(cx + mx), float(cy + my), float(math.sqrt(max(c[2] + cx * cx + cy * cy, 0.0)))
+
+
+def _geometric_refine(x, y, cx, cy, r, iters=10):
+    p = np.array([cx, cy, r], float)
+    for _ in range(iters):
+        dx, dy = x - p[0], y - p[1]
+        d = np.hypot(dx, dy) + 1e-12
+        jac = np.column_stack([-dx / d, -dy / d, -np.ones_like(d)])
+        step, *_ = np.linalg.lstsq(jac, -(d - p[2]), rcond=None)
+        p += step
+        if np.abs(step).max() < 1e-6:
+            break
+    return float(p[0]), float(p[1]), float(p[2])
+
+
+def robust_circle(x: np.ndarray, y: np.ndarray, min_tol: float = 0.75):
+    """MAD-trimmed circle fit with geometric refinement.
+
+    Returns (cx, cy, r, inlier_mask, rms). Converges with up to ~40 % outliers (notch,
+    eyelash shadow, reflexes), which a plain least-squares fit would follow.
+    """
+    keep = np.ones(len(x), bool)
+    cx = cy = r = 0.0
+    for _ in range(15):
+        cx, cy, r = fit_circle(x[keep], y[keep])
+        res = np.hypot(x - cx, y - cy) - r
+        med = np.median(res[keep])
+        mad = 1.4826 * np.median(np.abs(res[keep] - med))
+        new = np.abs(res - med) < max(3.5 * mad, min_tol)
+        if new.sum() < 6 or (new == keep).all():
+            break
+        keep = new
+    cx, cy, r = _geometric_refine(x[keep], y[keep], cx, cy, r)
+    res = np.hypot(x - cx, y - cy) - r
+    rms = float(np.sqrt(np.mean(res[keep] ** 2))) if keep.any() else math.inf
+    return cx, cy, r, keep, rms
+
+
+# ---------------------------------------------------------------------------- detection
+def _intensity(img: np.ndarray) -> np.ndarray:
+    """Per-pixel channel maximum (uint8): the FOV rim has the best contrast there, also
+    for dark or colour-cast photographs; grayscale passes through."""
+    if img.ndim == 2:
+        return np.ascontiguousarray(img)
+    if img.shape[2] == 1:
+        return np.ascontiguousarray(img[..., 0])
+    ch = cv2.split(np.ascontiguousarray(img[..., :3]))
+    return cv2.max(cv2.max(ch[0], ch[1]), ch[2])
+
+
+def _coarse(v: np.ndarray):
+    h, w = v.shape
+    f = max(1.0, max(h, w) / _THUMB)
+    tw, th = max(8, round(w / f)), max(8, round(h / f))
+    t = cv2.resize(v, (tw, th), interpolation=cv2.INTER_AREA) if f > 1 else v.copy()
+    fx, fy = w / tw, h / th
+    otsu, _ = cv2.threshold(t, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    lo = t[t <= otsu]
+    hi = t[t > otsu]
+    if hi.size == 0 or lo.size == 0:
+        return None, "uniform image"
+    bg, fg = float(np.median(lo)), float(np.median(hi))
+    if fg - bg < 12:
+        return None, f"no bright disc on a dark background (contrast {fg - bg:.0f})"
+    thr = bg + 0.4 * (fg - bg)
+    mask = (t > thr).astype(np.uint8)
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if n < 2:
+        return None, "no bright region"
+    big = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    comp = (lab == big).astype(np.uint8)
+    contours, _ = cv2.findContours(comp, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    pts = max(contours, key=len)[:, 0, :].astype(np.float64)
+    inside = (pts[:, 0] > 0) & (pts[:, 1] > 0) & (pts[:, 0] < tw - 1) & (pts[:, 1] < th - 1)
+    pts = pts[inside]
+    # straight horizontal camera cuts: long runs of outline points on one row; they are
+    # not rim, and they bound where rim points can be
+    r_est = (pts[:, 0].max() - pts[:, 0].min()) / 2 if len(pts) else 0
+    rows, counts = np.unique(pts[:, 1], return_counts=True)
+    flat = rows[counts > max(0.3 * r_est, 8)]
+    ymid = (pts[:, 1].max() + pts[:, 1].min()) / 2 if len(pts) else 0
+    cut_top = cut_bot = None
+    if len(flat):
+        tops, bots = flat[flat < ymid], flat[flat > ymid]
+        if len(tops):
+            cut_top = fy * (tops.max() + 1.5)
+            pts = pts[pts[:, 1] > tops.max() + 1]
+        if len(bots):
+            cut_bot = fy * (bots.min() - 1.5)
+            pts = pts[pts[:, 1] < bots.min() - 1]
+    if len(pts) < 12:
+        return None, "no dark border around the image"
+    cx, cy, r, keep, _ = robust_circle(pts[:, 0], pts[:, 1], min_tol=1.5)
+    # back to full-resolution pixel-centre coordinates
+    return (fx * (cx + 0.5) - 0.5, fy * (cy + 0.5) - 0.5, r * (fx + fy) / 2, bg, fg, cut_top, cut_bot), ""
+
+
+def _rim_points(v: np.ndarray, cx: float, cy: float, r: float, bg: float, ray_px: float, step: float):
+    """Sub-pixel 50 % crossings on radial profiles around (cx, cy, r).
+
+    One ray per ``ray_px`` pixels of rim, sampled every ``step`` px from 0.86 r to 1.10 r.
+    Returns x, y, theta, inner level, outer level of the rays whose rim lies inside the
+    frame, and the number of rays cast.
+    """
+    h, w = v.shape
+    n_rays = int(np.clip(2 * math.pi * r / ray_px, 90, 1440))
+    th = np.arange(n_rays) * (2 * math.pi / n_rays)
+    rr = np.arange(0.86 * r, 1.10 * r, step, dtype=np.float64)
+    cos, sin = np.cos(th), np.sin(th)
+    xs = (cx + np.outer(cos, rr)).astype(np.float32)
+    ys = (cy + np.outer(sin, rr)).astype(np.float32)
+    # off-frame samples read -1 (darker than any background): a rim beyond the frame then
+    # shows up as a crossing on the frame border, which is dropped below
+    prof = cv2.remap(v, xs, ys, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=-1.0)
+    i_in = (rr >= 0.90 * r) & (rr <= 0.95 * r)
+    i_out = (rr >= 1.045 * r) & (rr <= 1.085 * r)
+    inner = np.median(prof[:, i_in], axis=1)
+    po = prof[:, i_out]
+    outer = np.median(po, axis=1)
+    # where the background window leaves the frame, fall back to the global background
+    outer = np.where((po < 0).any(axis=1), bg, outer)
+    level = 0.5 * (inner + outer)
+    above = prof >= level[:, None]
+    trans = above[:, :-1] & ~above[:, 1:]
+    has = trans.any(axis=1)
+    # the outermost above->below transition: the rim, not a dark vessel inside
+    last = trans.shape[1] - 1 - np.argmax(trans[:, ::-1], axis=1)
+    ok = has & (inner - outer >= 8) & (inner >= 0)
+    idx = np.nonzero(ok)[0]
+    k = last[idx]
+    p0, p1 = prof[idx, k], prof[idx, k + 1]
+    t = (p0 - level[idx]) / np.maximum(p0 - p1, 1e-6)
+    rad = rr[k] + t * step
+    x = cx + rad * cos[idx]
+    y = cy + rad * sin[idx]
+    inframe = (x > 1.0) & (y > 1.0) & (x < w - 2.0) & (y < h - 2.0)
+    idx = idx[inframe]
+    return x[inframe], y[inframe], th[idx], inner[idx], outer[idx], n_rays
+
+
+def _cut_edges(v: np.ndarray, cx: float, cy: float, r: float, inner: float, outer: float):
+    """Straight horizontal cuts: y of the 50 % crossing on a vertical profile through the
+    centre, when it lies clearly inside the circle; -0.5 / h - 0.5 when the frame clips."""
+    h, w = v.shape
+    x0, x1 = int(max(0, cx - 0.15 * r)), int(min(w, cx + 0.15 * r + 1))
+    if x1 <= x0:
+        return None, None
+    col = v[:, x0:x1].astype(np.float32).mean(axis=1)
+    level = 0.5 * (inner + outer)
+    tol = max(1.5, 0.006 * r)
+    top = bottom = None
+    above = col >= level
+    if above.any():
+        first = int(np.argmax(above))
+        last = h - 1 - int(np.argmax(above[::-1]))
+        if first == 0:
+            y_top = -0.5
+        else:
+            a, b = col[first - 1], col[first]
+            y_top = first - 1 + (level - a) / max(b - a, 1e-6)
+        if last == h - 1:
+            y_bot = h - 0.5
+        else:
+            a, b = col[last], col[last + 1]
+            y_bot = last + (a - level) / max(a - b, 1e-6)
+        if y_top > cy - r + tol:
+            top = float(y_top)
+        if y_bot < cy + r - tol:
+            bottom = float(y_bot)
+    return top, bottom
+
+
+def detect_fov(img: np.ndarray) -> FOV:
+    """Detect the circular field of view of a fundus photograph.
+
+    ``img``: HxW or HxWxC uint8 array (RGB, grayscale, any brightness). Returns a
+    :class:`FOV` in this image's pixel coordinates, or ``FOV(found=False, reason=...)``
+    when there is no bright disc on a dark background with a circular rim.
+    """
+    if img.dtype != np.uint8:
+        raise TypeError(f"detect_fov expects uint8, got {img.dtype}")
+    v = _intensity(img)
+    h, w = v.shape
+    if min(h, w) < 32:
+        return not_found(f"image too small ({w}x{h})")
+    coarse, why = _coarse(v)
+    if coarse is None:
+        return not_found(why)
+    cx, cy, r, bg, fg, cut_top, cut_bot = coarse
+    if not (0.15 * min(h, w) <= r <= 0.75 * math.hypot(h, w)) or not (0 <= cx < w and 0 <= cy < h):
+        return not_found(f"implausible circle (centre {cx:.0f},{cy:.0f}, radius {r:.0f} in {w}x{h})")
+    vf = v.astype(np.float32)
+    # a quick pass re-centres the rays, the fine pass measures
+    for ray_px, step in ((8.0, 1.0), (3.0, 0.5)):
+        x, y, th, inner, outer, n_rays = _rim_points(vf, cx, cy, r, bg, ray_px, step)
+        sel = np.ones(len(x), bool)  # rays ending on a camera cut are not rim
+        if cut_top is not None:
+            sel &= y > cut_top
+        if cut_bot is not None:
+            sel &= y < cut_bot
+        x, y, th, inner, outer = x[sel], y[sel], th[sel], inner[sel], outer[sel]
+        if len(x) < 24:
+            return not_found(f"rim not found ({len(x)} rim points)")
+        cx, cy, r, keep, rms = robust_circle(x, y)
+    n_in = int(keep.sum())
+    bins = np.unique((th[keep] / (2 * math.pi) * 36).astype(int))
+    med_in, med_out = float(np.median(inner[keep])), float(np.median(outer[keep]))
+    if n_in < max(24, 0.25 * n_rays) or len(bins) < 12:
+        return not_found(f"rim not circular ({n_in} of {n_rays} rays on one circle, {len(bins)}/36 sectors)")
+    if n_in < 0.5 * len(x):
+        return not_found(f"rim not circular (only {n_in} of {len(x)} edge points on one circle)")
+    if rms > max(1.0, 0.01 * r):
+        return not_found(f"rim not circular (residual {rms:.1f} px at radius {r:.0f})")
+    if med_out > 0.4 * med_in or med_in - med_out < 10:
+        return not_found(f"background not dark (outside {med_out:.0f}, inside {med_in:.0f})")
+    if not (0.15 * min(h, w) <= r <= 0.75 * math.hypot(h, w)):
+        return not_found(f"implausible radius {r:.0f} in {w}x{h}")
+    # the whole surround, not only the rim, must be dark: a round object (a cup, a plate)
+    # on a bright table has a circular outline too
+    sub = max(1, int(min(h, w) // 256))
+    vs = v[::sub, ::sub]
+    yy, xx = np.ogrid[0:vs.shape[0], 0:vs.shape[1]]
+    outside = (xx * sub - cx) ** 2 + (yy * sub - cy) ** 2 > (1.04 * r) ** 2
+    n_out = int(outside.sum())
+    if n_out > 0.02 * vs.size:
+        bright = float(np.count_nonzero(vs[outside] > 0.5 * (med_in + med_out)) / n_out)
+        if bright > 0.15:
+            return not_found(f"surround not dark ({bright:.0%} of the area outside the circle is bright)")
+    top, bottom = _cut_edges(v, cx, cy, r, med_in, med_out)
+    return FOV(True, cx, cy, r, top, bottom, "", rms, n_in)

@@ -1,0 +1,287 @@
+"""The preprocessing step for one image (``process_image``) and for many
+(``preprocess_many``: parallel workers, progress bar, QC table, cheap re-runs).
+
+Every input gets exactly one QC row: ``ok`` (processed image written), ``rejected``
+(readable, but no field of view, too small or failing the quality grade; ``reason``
+says why) or ``error`` (could not be read; ``reason`` names the file and the cause).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import traceback
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fundusfm.preprocess import crop as _crop
+from fundusfm.preprocess.fov import FOV, detect_fov
+from fundusfm.preprocess.io import ImageReadError, read_image, write_image
+from fundusfm.preprocess.quality import QUALITY_SIZE, SCORES, QualityThresholds, grade, quality_scores
+
+log = logging.getLogger(__name__)
+
+# Bump when the algorithm changes what it writes: cached results of older code are redone.
+ALGORITHM_VERSION = "1"
+
+QC_COLUMNS = ["image_id", "path", "status", "reason", "quality", *SCORES,
+              "fov_cx", "fov_cy", "fov_r", "fov_top", "fov_bottom", "width", "height", "processed_path"]
+
+
+class TooManyRejects(RuntimeError):
+    """Rejected + error rows exceed ``max_reject_fraction`` (raised after qc.csv is written)."""
+
+
+@dataclass
+class PreprocessSpec:
+    """Everything that determines a processed image (JSON-serialisable with ``asdict``).
+
+    ``size``: output side in px; ``normalise``: ``none`` | ``ben_graham`` | ``clahe``;
+    ``format``: ``png`` | ``jpg``; ``min_side``: smaller images are rejected as too small;
+    ``max_pixels``: larger images are refused unread (decompression-bomb guard);
+    ``thresholds``: quality grade limits.
+    """
+
+    size: int = 512
+    normalise: str = "none"
+    format: str = "png"
+    min_side: int = 128
+    max_pixels: int = 150_000_000
+    thresholds: QualityThresholds = field(default_factory=QualityThresholds)
+
+    def __post_init__(self):
+        if isinstance(self.thresholds, dict):
+            self.thresholds = thresholds_from_dict(self.thresholds)
+        if self.normalise not in _crop.NORMALISATIONS:
+            raise ValueError(f"normalise={self.normalise!r}: choose one of {_crop.NORMALISATIONS}")
+        if self.format not in ("png", "jpg"):
+            raise ValueError(f"format={self.format!r}: choose 'png' or 'jpg'")
+        if not 16 <= int(self.size) <= 8192:
+            raise ValueError(f"size={self.size}: must be between 16 and 8192")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PreprocessSpec:
+        """Build from ``asdict(spec)`` output (e.g. model.json); unknown keys are an error."""
+        names = {f.name for f in fields(cls)}
+        bad = sorted(set(d) - names)
+        if bad:
+            raise ValueError(f"unknown preprocessing spec key(s) {bad}; known: {sorted(names)}")
+        return cls(**d)
+
+    def key(self) -> str:
+        """Hash of the spec and algorithm version: results with the same key are reusable."""
+        blob = json.dumps({"spec": asdict(self), "algo": ALGORITHM_VERSION}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def thresholds_from_dict(d: dict) -> QualityThresholds:
+    """QualityThresholds from a (partial) dict; unknown keys raise naming the key."""
+    names = {f.name for f in fields(QualityThresholds)}
+    bad = sorted(set(d) - names)
+    if bad:
+        raise ValueError(f"unknown quality threshold(s) {bad}; known: {sorted(names)}")
+    return QualityThresholds(**{k: float(v) for k, v in d.items()})
+
+
+def _empty_row(path) -> dict:
+    row = {c: None for c in QC_COLUMNS}
+    row.update(path=str(path), reason="", quality="", processed_path="")
+    return row
+
+
+def _r(v, nd=3):
+    return None if v is None or (isinstance(v, float) and not math.isfinite(v)) else round(float(v), nd)
+
+
+def process_image(path: str | os.PathLike, spec: PreprocessSpec | None = None) -> tuple[dict, np.ndarray | None]:
+    """Preprocess one image file: decode (reduced size where possible), detect the FOV,
+    crop/resize/mask, grade quality, normalise.
+
+    Returns ``(qc_row, processed)``; ``processed`` is the ``size`` x ``size`` RGB uint8
+    array when ``qc_row['status'] == 'ok'``, else ``None``. Never raises for a bad image:
+    the row says ``error`` or ``rejected`` with the reason.
+    """
+    spec = spec or PreprocessSpec()
+    row = _empty_row(path)
+    try:
+        return _process(path, spec, row)
+    except ImageReadError as e:
+        row.update(status="error", reason=str(e))
+    except MemoryError:
+        row.update(status="error", reason=f"{path}: out of memory while processing")
+    except Exception as e:  # a bug or an exotic file must not stop the stage; keep the trace
+        log.debug("processing %s failed:\n%s", path, traceback.format_exc())
+        row.update(status="error", reason=f"{path}: processing failed ({type(e).__name__}: {e})")
+    return row, None
+
+
+def _process(path, spec: PreprocessSpec, row: dict) -> tuple[dict, np.ndarray | None]:
+    need = max(int(spec.size), QUALITY_SIZE)
+    dec = read_image(path, min_side=need, max_pixels=spec.max_pixels)
+    row.update(width=dec.width, height=dec.height)
+    if min(dec.width, dec.height) < spec.min_side:
+        row.update(status="rejected", quality="reject",
+                   reason=f"image too small ({dec.width}x{dec.height} < {spec.min_side} px)")
+        return row, None
+    fov_d = detect_fov(np.asarray(dec.image))
+    if not fov_d.found:
+        row.update(status="rejected", quality="reject", reason=fov_d.reason)
+        return row, None
+    fov = fov_d.scaled(dec.scale)
+    if 2 * fov_d.r < need and dec.scale > 1:
+        # the FOV is small in the frame: decode larger so the crop is not upsampled
+        side = math.ceil(need * min(dec.width, dec.height) / (2 * fov.r))
+        dec = read_image(path, min_side=side, max_pixels=spec.max_pixels)
+        fov_d = fov.scaled(1 / dec.scale)
+    row.update(fov_cx=_r(fov.cx), fov_cy=_r(fov.cy), fov_r=_r(fov.r), fov_top=_r(fov.top), fov_bottom=_r(fov.bottom))
+    size = int(spec.size)
+    img = _crop.crop_resize(dec.image, fov_d, size)
+    mask = _crop.fov_mask(fov_d, size)
+    img = _crop.apply_mask(img, mask)
+    w_d, h_d = dec.image.size
+    coverage = _crop.frame_coverage(fov_d, w_d, h_d)
+    scores = quality_scores(img, mask, coverage)
+    q, reasons = grade(scores, spec.thresholds)
+    row.update(scores)
+    row.update(quality=q, reason="; ".join(reasons))
+    if q == "reject":
+        row["status"] = "rejected"
+        return row, None
+    row["status"] = "ok"
+    return row, _crop.normalise(img, mask, spec.normalise)
+
+
+# ------------------------------------------------------------------------------ many
+def _check_id(image_id: str) -> None:
+    p = Path(image_id)
+    if not image_id or p.is_absolute() or ".." in p.parts:
+        raise ValueError(f"image_id {image_id!r} cannot name a file under images/ (empty, absolute or '..')")
+
+
+def _fingerprint(path: str) -> str:
+    try:
+        st = os.stat(path)
+        return f"{st.st_size}:{st.st_mtime_ns}"
+    except OSError:
+        return "missing"
+
+
+def _work(args) -> dict:
+    image_id, path, spec_d, out_dir, key = args
+    spec = PreprocessSpec.from_dict(spec_d)
+    out_dir = Path(out_dir)
+    rel = f"images/{image_id}.{spec.format}"
+    row, img = process_image(path, spec)
+    row["image_id"] = image_id
+    if img is not None:
+        try:
+            write_image(img, out_dir / rel, spec.format)
+            row["processed_path"] = rel
+        except OSError as e:
+            row.update(status="error", reason=f"{out_dir / rel}: cannot write ({e})")
+    else:
+        (out_dir / rel).unlink(missing_ok=True)  # stale output of an earlier run
+    cache = out_dir / ".qc_cache" / f"{image_id}.json"
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(cache.name + ".tmp")
+    tmp.write_text(json.dumps({"key": key, "row": row}))
+    os.replace(tmp, cache)
+    return row
+
+
+def _cached(image_id: str, out_dir: Path, key: str) -> dict | None:
+    cache = out_dir / ".qc_cache" / f"{image_id}.json"
+    try:
+        d = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        return None
+    row = d.get("row") or {}
+    if d.get("key") != key:
+        return None
+    if row.get("status") == "ok" and not (out_dir / row.get("processed_path", "")).is_file():
+        return None
+    return row
+
+
+def _init_worker():
+    import cv2
+
+    cv2.setNumThreads(1)  # parallelism is across images
+
+
+def preprocess_many(inputs, out_dir, spec: PreprocessSpec | None = None, workers: int = 1,
+                    max_reject_fraction: float | None = None, progress: bool = True) -> pd.DataFrame:
+    """Preprocess ``inputs`` (iterable of ``(image_id, path)``) into ``out_dir``.
+
+    Writes ``out_dir/images/<image_id>.<format>`` for every ok image and
+    ``out_dir/qc.csv`` (one row per input, in input order; docs/architecture.md).
+    Images already processed with the same spec and unchanged input file are not redone.
+    Raises :class:`TooManyRejects` when (rejected + error) / n > ``max_reject_fraction``,
+    after qc.csv is written. Returns the QC table.
+    """
+    from tqdm.auto import tqdm
+
+    spec = spec or PreprocessSpec()
+    out_dir = Path(out_dir)
+    inputs = [(str(i), str(p)) for i, p in inputs]
+    seen: dict[str, str] = {}
+    for image_id, path in inputs:
+        _check_id(image_id)
+        if image_id in seen:
+            raise ValueError(f"duplicate image_id {image_id!r} ({seen[image_id]} and {path})")
+        seen[image_id] = path
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spec_d = asdict(spec)
+    (out_dir / "preprocess_spec.json").write_text(json.dumps(spec_d, indent=1, sort_keys=True))
+    skey = spec.key()
+
+    rows: dict[str, dict] = {}
+    todo = []
+    for image_id, path in inputs:
+        key = f"{skey}:{os.path.abspath(path)}:{_fingerprint(path)}"
+        hit = _cached(image_id, out_dir, key)
+        if hit is not None and hit.get("path") == path:
+            rows[image_id] = hit
+        else:
+            todo.append((image_id, path, spec_d, str(out_dir), key))
+    if rows:
+        log.info("%d of %d images already processed with the same settings: reused", len(rows), len(inputs))
+
+    bar = tqdm(total=len(todo), desc="preprocess", unit="img", disable=not progress or not todo)
+    if workers <= 1 or len(todo) <= 1:
+        _init_worker()
+        for t in todo:
+            rows[t[0]] = _work(t)
+            bar.update()
+    else:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+        chunk = max(1, min(16, len(todo) // (workers * 8)))
+        with ctx.Pool(workers, initializer=_init_worker) as pool:
+            for row in pool.imap_unordered(_work, todo, chunksize=chunk):
+                rows[row["image_id"]] = row
+                bar.update()
+    bar.close()
+
+    df = pd.DataFrame([rows[i] for i, _ in inputs], columns=QC_COLUMNS)
+    qc_path = out_dir / "qc.csv"
+    tmp = qc_path.with_name("qc.csv.tmp")
+    df.to_csv(tmp, index=False)
+    os.replace(tmp, qc_path)
+    counts = df["status"].value_counts().to_dict()
+    log.info("preprocess: %d images: %d ok, %d rejected, %d errors -> %s", len(df), counts.get("ok", 0),
+             counts.get("rejected", 0), counts.get("error", 0), qc_path)
+    if max_reject_fraction is not None and len(df):
+        bad = int((df["status"] != "ok").sum())
+        if bad / len(df) > max_reject_fraction:
+            raise TooManyRejects(
+                f"{bad} of {len(df)} images rejected or unreadable ({bad / len(df):.1%} > "
+                f"max_reject_fraction {max_reject_fraction:.1%}); see {qc_path}")
+    return df
