@@ -1,0 +1,206 @@
+"""CLI verbs of the evaluation stage: ``evaluate``, ``table``, ``figures``, ``cam``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger("fundusfm.evaluate")
+META_KEYS = ("task", "init", "fold", "fraction", "seed", "set")
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def write_json_atomic(obj: dict, path: str | Path) -> None:
+    """Write JSON to a temporary name, then rename (outputs appear only when complete)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n")
+    tmp.replace(path)
+
+
+def parse_meta(value: str) -> dict:
+    """``--meta``: inline JSON or a JSON file with task, init, fold, fraction, seed, set."""
+    from fundusfm.evaluate.io import load_json_arg
+
+    meta = load_json_arg(value)
+    missing = [k for k in META_KEYS if k not in meta]
+    if missing:
+        raise ValueError(f"--meta lacks key(s) {missing}; needs {list(META_KEYS)}")
+    try:
+        meta["fold"] = int(meta["fold"])
+        meta["seed"] = int(meta["seed"])
+        meta["fraction"] = float(meta["fraction"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"--meta: fold and seed must be integers and fraction a number ({e})") from None
+    return meta
+
+
+def evaluate_run(predictions: str | Path, task: dict, meta: dict, val_predictions: str | Path | None = None,
+                 n_boot: int = 1000, seed: int = 0) -> dict:
+    """The metrics-JSON record of one predictions file (see docs/architecture.md)."""
+    from fundusfm.evaluate.bootstrap import patient_bootstrap
+    from fundusfm.evaluate.io import clean_number, patient_groups, read_predictions, task_spec
+    from fundusfm.evaluate.metrics import compute_metrics
+
+    spec = task_spec(task, meta.get("task"))
+    df = read_predictions(predictions, spec)
+    val = read_predictions(val_predictions, spec) if val_predictions else None
+    res = compute_metrics(df, spec, val_df=val)
+    undefined = dict(res["undefined"])
+    if val is None and spec.kind in ("binary", "multilabel"):
+        for m in ("threshold_val", "sensitivity_val_threshold", "specificity_val_threshold"):
+            res["metrics"][m] = None
+            undefined[m] = "no validation predictions given (--val-predictions)"
+    boot = patient_bootstrap(df, spec, n_boot=n_boot, seed=seed, thresholds=res["thresholds"] if val is not None else None)
+    ci = {}
+    for m, v in res["metrics"].items():
+        c = boot["ci"].get(m)
+        ci[m] = None if v is None or c is None else [clean_number(c[0]), clean_number(c[1])]
+    return {
+        **{k: meta[k] for k in META_KEYS},
+        "task_type": spec.kind,
+        "classes": list(spec.names),
+        "n_images": int(len(df)),
+        "n_patients": int(len(set(patient_groups(df)))),
+        "metrics": {k: clean_number(v) for k, v in res["metrics"].items()},
+        "ci": ci,
+        "undefined": undefined,
+        "thresholds": {k: (clean_number(v) if not isinstance(v, str) else None)
+                       for k, v in res["thresholds"].items()},
+        "bootstrap": {"n_boot": boot["n_boot"], "seed": seed, "level": boot["level"], "unit": "patient",
+                      "method": "percentile",
+                      "n_undefined": {k: v for k, v in boot["n_undefined"].items() if v}},
+        "predictions": str(predictions),
+        "val_predictions": str(val_predictions) if val_predictions else None,
+    }
+
+
+def evaluate_main(argv: list[str] | None = None) -> int:
+    """``fundusfm evaluate``: metrics with patient-bootstrap CIs from a predictions CSV."""
+    from fundusfm.evaluate.io import load_json_arg
+
+    ap = argparse.ArgumentParser(prog="fundusfm evaluate", description=evaluate_main.__doc__)
+    ap.add_argument("--predictions", required=True, help="predictions CSV (contract in docs/architecture.md)")
+    ap.add_argument("--val-predictions", help="validation predictions of the same model (Youden threshold)")
+    ap.add_argument("--task-json", required=True, help="task definition: inline JSON or a JSON file")
+    ap.add_argument("--meta", required=True, help="JSON (inline or file) with task, init, fold, fraction, seed, set")
+    ap.add_argument("--out", required=True, help="metrics JSON to write")
+    ap.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (patients) [1000]")
+    ap.add_argument("--seed", type=int, default=0, help="bootstrap seed [0]")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    args = ap.parse_args(argv)
+    _setup_logging(args.verbose)
+    meta = parse_meta(args.meta)
+    task = load_json_arg(args.task_json)
+    rec = evaluate_run(args.predictions, task, meta, args.val_predictions, n_boot=args.n_boot, seed=args.seed)
+    write_json_atomic(rec, args.out)
+    head = {k: rec["metrics"].get(k) for k in ("auroc", "accuracy") if k in rec["metrics"]}
+    log.info("%s: %d images, %d patients, %s -> %s", args.predictions, rec["n_images"], rec["n_patients"], head, args.out)
+    return 0
+
+
+def table_main(argv: list[str] | None = None) -> int:
+    """``fundusfm table``: the study table of one task (CSV, Markdown, LaTeX)."""
+    from fundusfm.evaluate.aggregate import aggregate_records
+    from fundusfm.evaluate.io import load_json_arg, task_spec
+    from fundusfm.evaluate.metrics import headline_metrics
+    from fundusfm.evaluate.study import compare_inits, load_records
+    from fundusfm.evaluate.tables import wide_table, write_tables
+
+    ap = argparse.ArgumentParser(prog="fundusfm table", description=table_main.__doc__)
+    ap.add_argument("--task", required=True, help="task name")
+    ap.add_argument("--task-json", required=True, help="task definition: inline JSON or a JSON file")
+    ap.add_argument("--metrics", nargs="+", required=True, help="metrics JSON files of the task's runs")
+    ap.add_argument("--out-prefix", required=True, help="writes PREFIX.csv, PREFIX.md, PREFIX.tex "
+                    "(and PREFIX_comparisons.csv with per-run paired tests)")
+    ap.add_argument("--compare-to", default="random",
+                    help="reference init for paired comparisons ['random'; 'none' to skip]")
+    ap.add_argument("--compare-metric", default="auroc", help="metric compared between inits [auroc]")
+    ap.add_argument("--predictions-root", help="directory the predictions paths in the metrics JSONs are relative to")
+    ap.add_argument("--metric-list", help="comma-separated metrics to show (default: the task type's headline)")
+    ap.add_argument("--n-boot", type=int, default=1000, help="paired-bootstrap resamples [1000]")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("-v", "--verbose", action="store_true")
+    args = ap.parse_args(argv)
+    _setup_logging(args.verbose)
+    spec = task_spec(load_json_arg(args.task_json), args.task)
+    recs = load_records(args.metrics, task=args.task)
+    shown = args.metric_list.split(",") if args.metric_list else headline_metrics(spec.kind)
+    long = aggregate_records(recs)
+    pooled = per_run = None
+    inits = {r["init"] for r in recs}
+    ref = None if args.compare_to.lower() == "none" else args.compare_to
+    if ref is not None and ref not in inits:
+        log.warning("reference init %r not among the runs (%s); no paired comparisons", ref, sorted(inits))
+        ref = None
+    if ref is not None:
+        pooled, per_run = compare_inits(recs, spec, ref, metric=args.compare_metric, n_boot=args.n_boot,
+                                        seed=args.seed, root=args.predictions_root)
+    wide = wide_table(long, pooled)
+    paths = write_tables(wide, shown, args.task, args.out_prefix)
+    comp_path = Path(args.out_prefix).with_name(Path(args.out_prefix).name + "_comparisons.csv")
+    if per_run is not None:
+        per_run.to_csv(comp_path, index=False, float_format="%.10g")
+        paths.append(comp_path)
+    log.info("table of %s from %d runs -> %s", args.task, len(recs), ", ".join(map(str, paths)))
+    return 0
+
+
+def figures_main(argv: list[str] | None = None) -> int:
+    """``fundusfm figures``: ROC/PR, label efficiency, confusion, calibration, training curves."""
+    from fundusfm.evaluate.figures import make_figures
+    from fundusfm.evaluate.io import load_json_arg, task_spec
+    from fundusfm.evaluate.study import load_records
+
+    ap = argparse.ArgumentParser(prog="fundusfm figures", description=figures_main.__doc__)
+    ap.add_argument("--task", required=True)
+    ap.add_argument("--task-json", required=True)
+    ap.add_argument("--metrics", nargs="+", required=True)
+    ap.add_argument("--out-dir", required=True)
+    ap.add_argument("--predictions-root", help="directory the predictions paths in the metrics JSONs are relative to")
+    ap.add_argument("--sets", help="comma-separated sets to draw (default: all found)")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    args = ap.parse_args(argv)
+    _setup_logging(args.verbose)
+    spec = task_spec(load_json_arg(args.task_json), args.task)
+    recs = load_records(args.metrics, task=args.task)
+    sets = args.sets.split(",") if args.sets else None
+    paths = make_figures(recs, spec, args.out_dir, root=args.predictions_root, sets=sets)
+    log.info("%d figures -> %s", len(paths), args.out_dir)
+    return 0
+
+
+def cam_main(argv: list[str] | None = None) -> int:
+    """``fundusfm cam``: activation-map galleries (TP / FP / FN per class) of a trained model."""
+    from fundusfm.evaluate.cam import run_cam
+
+    ap = argparse.ArgumentParser(prog="fundusfm cam", description=cam_main.__doc__)
+    ap.add_argument("--model-dir", required=True, help="training output directory (model.safetensors, model.json)")
+    ap.add_argument("--table", required=True, help="task table results/splits/<task>.csv (image paths)")
+    ap.add_argument("--fold", type=int, required=True, help="fold of the model (checks the images' role)")
+    ap.add_argument("--predictions", required=True, help="the model's predictions CSV to select cases from")
+    ap.add_argument("--out-dir", required=True)
+    ap.add_argument("--methods", default="gradcam,gradcampp", help="comma-separated: gradcam, gradcampp, "
+                    "scorecam, eigencam, layercam, xgradcam, hirescam [gradcam,gradcampp]")
+    ap.add_argument("--per-group", type=int, default=4, help="images per (class, TP/FP/FN) group [4]")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    args = ap.parse_args(argv)
+    _setup_logging(args.verbose)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    paths = run_cam(args.model_dir, args.table, args.fold, args.predictions, args.out_dir,
+                    methods=args.methods.split(","), per_group=args.per_group, device=args.device)
+    log.info("%d CAM galleries -> %s", len(paths), args.out_dir)
+    return 0

@@ -1,0 +1,232 @@
+"""Paired comparisons, aggregation, study tables and figures (CLI end to end)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn import metrics as skm
+
+from fundusfm.evaluate.aggregate import aggregate_records, aggregate_values
+from fundusfm.evaluate.cli import evaluate_main, figures_main, table_main
+from fundusfm.evaluate.compare import delong_test, paired_auroc_test
+from fundusfm.evaluate.io import PredictionsError
+
+TASK = {"type": "binary", "label": "glaucoma", "classes": ["no", "yes"]}
+SIGNAL = {"random": 0.4, "imagenet": 1.2, "fundus": 2.5}
+
+
+def preds(n_pat: int, signal: float, seed: int, dataset: str = "dev", offset: int = 0, noise_seed: int | None = None):
+    """Two images per patient (both eyes), patient-level label, score = signal * label + noise."""
+    rng = np.random.default_rng(seed)
+    y_pat = rng.integers(0, 2, n_pat)
+    y = np.repeat(y_pat, 2)
+    nrng = np.random.default_rng(seed if noise_seed is None else noise_seed)
+    logit = signal * (y - 0.5) * 2 + nrng.normal(size=len(y))
+    p = 1 / (1 + np.exp(-logit))
+    pid = np.repeat([f"P{offset + i}" for i in range(n_pat)], 2)
+    return pd.DataFrame({"image_id": [f"{pp}{e}" for pp, e in zip(pid, "LR" * n_pat)], "dataset": dataset,
+                         "patient_id": pid, "eye": list("LR" * n_pat), "label": y,
+                         "prob_no": 1 - p, "prob_yes": p})
+
+
+def slow_delong_var(y, s):
+    """DeLong's variance of one AUROC from its definition (pairwise kernel)."""
+    pos, neg = s[y == 1], s[y == 0]
+    psi = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
+    v10, v01 = psi.mean(1), psi.mean(0)
+    return np.var(v10, ddof=1) / len(pos) + np.var(v01, ddof=1) / len(neg), psi.mean()
+
+
+def test_delong_matches_definition_and_sklearn():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 50)
+    a = np.round(y * 0.8 + rng.normal(size=50), 1)  # rounding makes ties
+    b = np.round(y * 0.3 + rng.normal(size=50), 1)
+    d = delong_test(y, a, b)
+    assert d["auroc_a"] == pytest.approx(skm.roc_auc_score(y, a))
+    assert d["auroc_b"] == pytest.approx(skm.roc_auc_score(y, b))
+    var_a, _ = slow_delong_var(y, a)
+    var_b, _ = slow_delong_var(y, b)
+    # covariance by the definition too
+    pos, neg = y == 1, y == 0
+    pa = (a[pos][:, None] > a[neg]) + 0.5 * (a[pos][:, None] == a[neg])
+    pb = (b[pos][:, None] > b[neg]) + 0.5 * (b[pos][:, None] == b[neg])
+    cov = (np.cov(pa.mean(1), pb.mean(1))[0, 1] / pos.sum() + np.cov(pa.mean(0), pb.mean(0))[0, 1] / neg.sum())
+    se = math.sqrt(var_a + var_b - 2 * cov)
+    assert d["se"] == pytest.approx(se)
+    assert d["p_value"] == pytest.approx(2 * (1 - __import__("scipy").stats.norm.cdf(abs(d["diff"] / se))))
+
+
+def test_delong_identical_models_p_one_and_single_class_undefined():
+    y = np.array([0, 1, 0, 1, 1])
+    s = np.array([0.1, 0.9, 0.3, 0.6, 0.2])
+    assert delong_test(y, s, s)["p_value"] == 1.0
+    from fundusfm.evaluate.metrics import Undefined
+    with pytest.raises(Undefined):
+        delong_test(np.zeros(4, int), s[:4], s[:4])
+
+
+def test_paired_test_detects_better_model_and_needs_same_images():
+    strong = preds(60, 2.5, seed=1, noise_seed=10)
+    weak = preds(60, 0.2, seed=1, noise_seed=11)
+    r = paired_auroc_test(strong, weak, TASK, n_boot=300, seed=0)
+    assert r["delong"]["diff"] > 0.2 and r["delong"]["p_value"] < 0.01
+    assert r["bootstrap"]["p_value"] < 0.05 and r["bootstrap"]["ci"][0] > 0
+    same = paired_auroc_test(strong, strong, TASK, n_boot=100)
+    assert same["delong"]["p_value"] == 1.0 and same["bootstrap"]["p_value"] == 1.0
+    with pytest.raises(PredictionsError, match="same images"):
+        paired_auroc_test(strong, weak.iloc[:-1], TASK)
+
+
+def test_aggregation_mean_sd_and_retfound_interval():
+    agg = aggregate_values([0.8, 0.9, 1.0, None])
+    assert agg["n"] == 3 and agg["n_undefined"] == 1
+    assert agg["mean"] == pytest.approx(0.9)
+    assert agg["sd"] == pytest.approx(0.1)  # sample sd, ddof=1
+    assert agg["ci_lo"] == pytest.approx(0.9 - 1.96 * 0.1 / math.sqrt(3))
+    one = aggregate_values([0.7])
+    assert one["sd"] is None and one["ci_lo"] is None and one["mean"] == 0.7
+
+
+def test_duplicate_runs_rejected():
+    rec = {"task": "t", "set": "test", "init": "random", "fraction": 1.0, "fold": 0, "seed": 0,
+           "metrics": {"auroc": 0.5}}
+    with pytest.raises(ValueError, match="same run"):
+        aggregate_records([dict(rec, _path="a.json"), dict(rec, _path="b.json")])
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """A tiny study: 3 inits x 2 fractions x 2 folds x 1 seed, internal test + one external set."""
+    root = tmp_path_factory.mktemp("study")
+    task_json = root / "task.json"
+    task_json.write_text(json.dumps(TASK))
+    metrics = []
+    for init, sig in SIGNAL.items():
+        for frac in (0.1, 1.0):
+            for fold in (0, 1):
+                out = root / "finetune" / init / f"fold{fold}" / f"frac{frac}" / "seed0"
+                out.mkdir(parents=True)
+                s = sig * (0.6 if frac == 0.1 else 1.0)
+                noise = hash((init, frac, fold)) % 1000
+                preds(20, s, seed=fold, offset=100 * fold, noise_seed=noise).to_csv(out / "predictions_test.csv", index=False)
+                preds(15, s, seed=50 + fold, noise_seed=noise + 1).to_csv(out / "predictions_val.csv", index=False)
+                preds(25, s * 0.7, seed=99, dataset="ext", noise_seed=noise + 2).to_csv(
+                    out / "predictions_external_ext.csv", index=False)
+                pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [0.7, 0.5, 0.4], "val_loss": [0.7, 0.6, 0.55],
+                              "val_auroc": [0.6, 0.7, 0.75], "lr": [1e-3] * 3, "time": [1.0] * 3}
+                             ).to_csv(out / "history.csv", index=False)
+                for set_name, fname in (("test", "predictions_test.csv"), ("external_ext", "predictions_external_ext.csv")):
+                    meta = dict(task="glaucoma", init=init, fold=fold, fraction=frac, seed=0, set=set_name)
+                    mpath = root / "metrics" / init / f"fold{fold}" / f"frac{frac}" / f"{set_name}.json"
+                    rc = evaluate_main(["--predictions", str(out / fname), "--val-predictions",
+                                        str(out / "predictions_val.csv"), "--task-json", str(task_json),
+                                        "--meta", json.dumps(meta), "--out", str(mpath), "--n-boot", "20"])
+                    assert rc == 0
+                    metrics.append(mpath)
+    return root, task_json, metrics
+
+
+def test_evaluate_writes_contract_json(study):
+    root, _, metrics = study
+    rec = json.loads(metrics[0].read_text())
+    for k in ("task", "init", "fold", "fraction", "seed", "set", "n_images", "n_patients", "metrics", "ci",
+              "undefined", "predictions"):
+        assert k in rec
+    assert rec["n_images"] == 2 * rec["n_patients"]
+    assert rec["ci"]["auroc"][0] <= rec["metrics"]["auroc"] <= rec["ci"]["auroc"][1]
+    assert rec["metrics"]["threshold_val"] is not None
+    assert rec["bootstrap"]["unit"] == "patient" and rec["bootstrap"]["n_boot"] == 20
+    df = pd.read_csv(rec["predictions"])
+    assert rec["metrics"]["auroc"] == pytest.approx(skm.roc_auc_score(df["label"], df["prob_yes"]))
+
+
+def test_evaluate_without_val_reports_threshold_metrics_as_undefined(study, tmp_path):
+    root, task_json, metrics = study
+    rec = json.loads(metrics[0].read_text())
+    out = tmp_path / "m.json"
+    meta = {k: rec[k] for k in ("task", "init", "fold", "fraction", "seed", "set")}
+    evaluate_main(["--predictions", rec["predictions"], "--task-json", str(task_json), "--meta", json.dumps(meta),
+                   "--out", str(out), "--n-boot", "10"])
+    new = json.loads(out.read_text())
+    assert new["metrics"]["sensitivity_val_threshold"] is None
+    assert "val-predictions" in new["undefined"]["sensitivity_val_threshold"]
+
+
+CELL = re.compile(r"(-?\d+\.\d+) ± (\d+\.\d+) \[(-?\d+\.\d+), (-?\d+\.\d+)\]")
+
+
+def test_table_files_parse_back_to_metric_json_numbers(study, tmp_path):
+    root, task_json, metrics = study
+    prefix = tmp_path / "tables" / "glaucoma"
+    assert table_main(["--task", "glaucoma", "--task-json", str(task_json), "--metrics", *map(str, metrics),
+                       "--out-prefix", str(prefix), "--n-boot", "100"]) == 0
+    recs = [json.loads(p.read_text()) for p in metrics]
+
+    def expected(set_name, init, frac, metric="auroc"):
+        v = [r["metrics"][metric] for r in recs if (r["set"], r["init"], r["fraction"]) == (set_name, init, frac)]
+        m, sd = np.mean(v), np.std(v, ddof=1)
+        return m, sd, m - 1.96 * sd / math.sqrt(len(v)), m + 1.96 * sd / math.sqrt(len(v))
+
+    csv = pd.read_csv(prefix.with_suffix(".csv"))
+    assert len(csv) == 2 * 3 * 2  # sets x inits x fractions
+    for _, r in csv.iterrows():
+        e = expected(r["set"], r["init"], r["fraction"])
+        assert [r["auroc__mean"], r["auroc__sd"], r["auroc__ci_lo"], r["auroc__ci_hi"]] == pytest.approx(e)
+        assert r["auroc__n"] == 2
+    # comparison columns vs random exist and random vs itself is empty
+    assert "auroc__p_vs_random" in csv.columns
+    assert csv.loc[csv["init"] == "random", "auroc__p_vs_random"].isna().all()
+    fundus_full = csv[(csv["init"] == "fundus") & (csv["fraction"] == 1.0) & (csv["set"] == "test")].iloc[0]
+    assert fundus_full["auroc__diff_vs_random"] > 0
+
+    md = prefix.with_suffix(".md").read_text()
+    tex = prefix.with_suffix(".tex").read_text()
+    section = None
+    n_checked = 0
+    for line in md.splitlines():
+        if line.startswith("## "):
+            section = "test" if "Internal" in line else "external_ext"
+        if line.startswith("| ") and not line.startswith("| Init"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            init, frac = cells[0], float(cells[1].rstrip("%")) / 100
+            got = [float(x) for x in CELL.match(cells[3]).groups()]
+            assert got == pytest.approx(expected(section, init, frac), abs=6e-4)
+            n_checked += 1
+    assert n_checked == 12
+    tex_cells = re.findall(r"(-?\d+\.\d+) \$\\pm\$ (\d+\.\d+) \[(-?\d+\.\d+), (-?\d+\.\d+)\]", tex)
+    assert len(tex_cells) >= 12
+    first_md = [float(x) for x in CELL.search(md).groups()]
+    assert [float(x) for x in tex_cells[0]] == pytest.approx(first_md)
+    assert r"\begin{tabular}" in tex and "External set: ext" in tex
+    comp = pd.read_csv(prefix.with_name("glaucoma_comparisons.csv"))
+    assert comp["delong_p"].notna().all() and set(comp["init"]) == {"imagenet", "fundus"}
+
+
+def test_table_single_run_uses_bootstrap_ci(study, tmp_path):
+    root, task_json, metrics = study
+    one = [p for p in metrics if "fold0" in str(p) and "random" in str(p)]
+    prefix = tmp_path / "one"
+    table_main(["--task", "glaucoma", "--task-json", str(task_json), "--metrics", *map(str, one),
+                "--out-prefix", str(prefix), "--compare-to", "none"])
+    md = prefix.with_suffix(".md").read_text()
+    rec = json.loads(one[0].read_text())
+    lo, hi = rec["ci"]["auroc"]
+    assert f"{rec['metrics']['auroc']:.3f} [{lo:.3f}, {hi:.3f}]†" in md
+
+
+def test_figures_are_nonempty_pngs(study, tmp_path):
+    root, task_json, metrics = study
+    out = tmp_path / "fig"
+    assert figures_main(["--task", "glaucoma", "--task-json", str(task_json), "--metrics", *map(str, metrics),
+                         "--out-dir", str(out)]) == 0
+    from fundusfm.evaluate.figures import figure_names
+    for name in figure_names(["test", "external_ext"]):
+        p = out / name
+        assert p.is_file() and p.stat().st_size > 5000, name
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
