@@ -1,0 +1,174 @@
+"""Dataset adapters: each public dataset, as distributed, into the manifest contract.
+
+``read_dataset(name, cfg)`` is the one entry point: ``cfg`` is the dataset's config entry
+(``adapter``, ``root`` and adapter options). Common options handled here for every adapter:
+
+- ``exclude``: image ids to drop on purpose (listed in the report with reason ``config exclude``);
+- ``on_missing``: ``error`` (default) or ``exclude`` for images a labels file lists but the disk lacks;
+- ``on_unlabelled``: ``report`` (default) or ``error`` for images on disk that no label covers;
+- ``exhaustive``: override whether all-negative disease labels mean ``normal`` (see vocab).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from fundusfm.data.adapters import aptos, deepdrid, eyepacs, folders, generic, idrid, messidor, odir, papila, refuge, rfmid
+from fundusfm.data.adapters.base import Adapter, Context, Report
+from fundusfm.data.manifest import ManifestError, order_columns, path_escapes, validate_manifest
+from fundusfm.data.vocab import DISEASE_COLUMNS, harmonise_abnormal
+
+log = logging.getLogger(__name__)
+
+ADAPTERS: dict[str, Adapter] = {a.name: a for a in [
+    aptos.ADAPTER, eyepacs.ADAPTER, eyepacs.EYEQ, idrid.ADAPTER, messidor.ADAPTER, odir.ADAPTER, rfmid.ADAPTER,
+    papila.ADAPTER, folders.JSIEC, folders.GLAUCOMA_FUNDUS, refuge.ADAPTER, deepdrid.ADAPTER, folders.RETFOUND,
+    generic.CSV, folders.IMAGEFOLDER, generic.MANIFEST,
+]}
+# other spellings users will type
+ALIASES = {"aptos": "aptos2019", "kaggle_dr": "eyepacs", "kaggle_dr2015": "eyepacs", "messidor": "messidor2",
+           "messidor-2": "messidor2", "odir": "odir5k", "odir-5k": "odir5k", "glaucoma-fundus": "glaucoma_fundus",
+           "retfound_benchmark": "retfound"}
+COMMON_OPTIONS = {"adapter", "root", "exclude", "on_missing", "on_unlabelled", "exhaustive"}
+
+
+def get_adapter(name: str) -> Adapter:
+    """The adapter registered as ``name`` (or a known alias); KeyError lists the available ones."""
+    key = ALIASES.get(str(name).lower(), str(name).lower())
+    if key not in ADAPTERS:
+        raise KeyError(f"unknown adapter {name!r}; available: {', '.join(sorted(ADAPTERS))}, synth")
+    return ADAPTERS[key]
+
+
+def _read_synth(name: str, root: Path) -> pd.DataFrame:
+    # imported lazily: the synth package is optional for real-data users
+    mod = importlib.import_module("fundusfm.synth.adapter")
+    try:
+        out = mod.read_manifest(root, name)
+    except (FileNotFoundError, ValueError) as e:  # its messages already name file, line and column
+        raise ManifestError(name, [{"file": str(root / "labels.csv"), "row": "", "column": "", "value": "",
+                                    "message": str(e)}]) from e
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _exclude_list(cfg: dict, root: Path) -> list[str]:
+    """``exclude:`` as a list of ids, or a path to a CSV/text file with an ``image_id`` column / one id per line."""
+    ex = cfg.get("exclude") or []
+    if isinstance(ex, str):
+        p = Path(ex)
+        p = p if p.is_absolute() or p.is_file() else root / p
+        if p.suffix.lower() == ".csv":
+            return [str(v) for v in pd.read_csv(p, dtype=str)["image_id"]]
+        return [line.strip() for line in p.read_text().splitlines() if line.strip()]
+    return [str(v) for v in ex]
+
+
+def read_dataset(name: str, cfg: dict) -> tuple[pd.DataFrame, dict]:
+    """Read dataset ``name`` as configured; returns (validated manifest, report dict).
+
+    Raises :class:`~fundusfm.data.manifest.ManifestError` naming file, row, column and value
+    for bad input: unreadable or missing label files, duplicate ids, unknown label values,
+    paths escaping the root, missing images (unless ``on_missing: exclude`` or listed in
+    ``exclude``), unlabelled images when ``on_unlabelled: error``.
+    """
+    cfg = dict(cfg or {})
+    adapter_name = cfg.get("adapter")
+    if not adapter_name or "root" not in cfg:
+        raise ManifestError(name, [{"file": "config", "row": "", "column": "adapter/root", "value": str(cfg),
+                                    "message": "a dataset entry needs `adapter:` and `root:`"}])
+    root = Path(cfg["root"])
+    if not root.is_dir():
+        raise ManifestError(name, [{"file": str(root), "row": "", "column": "root", "value": str(root),
+                                    "message": "dataset root is not a directory (download the dataset there, or fix `root:`)"}])
+    on_missing = cfg.get("on_missing", "error")
+    on_unlabelled = cfg.get("on_unlabelled", "report")
+    for key, value, allowed in (("on_missing", on_missing, ("error", "exclude")),
+                                ("on_unlabelled", on_unlabelled, ("report", "error"))):
+        if value not in allowed:
+            raise ManifestError(name, [{"file": "config", "row": "", "column": key, "value": str(value),
+                                        "message": f"must be one of {allowed}"}])
+    if str(adapter_name).lower() == "synth":
+        adapter = Adapter(name="synth", read=lambda ctx: _read_synth(name, root), summary="synthetic", layout="")
+    else:
+        adapter = get_adapter(adapter_name)
+    report = Report(name, adapter.name, root)
+    ctx = Context(name, root, cfg, report)
+    df = adapter.read(ctx)
+    if report.errors:
+        raise ManifestError(name, report.errors)
+    df = _finish(df, ctx, adapter, on_missing, on_unlabelled)
+    log.info("%s: %d images, %d patients (%s adapter)", name, len(df), df["patient_id"].nunique(), adapter.name)
+    return df, report.to_dict(df)
+
+
+def _finish(df: pd.DataFrame, ctx: Context, adapter: Adapter, on_missing: str, on_unlabelled: str) -> pd.DataFrame:
+    """Exclusions, missing files, unlabelled images, normal/abnormal, validation: the same for every adapter."""
+    report, root = ctx.report, ctx.root
+    attrs = dict(df.attrs)
+    if df.empty:
+        raise ManifestError(ctx.name, [{"file": str(root), "row": "", "column": "", "value": "",
+                                        "message": f"no images found for adapter {adapter.name!r}; check `root:` "
+                                                   f"against the layout in docs/datasets.md"}])
+    for col, default in (("patient_id", ""), ("eye", "U"), ("split", "")):
+        if col not in df.columns:
+            df[col] = default
+    df = df.reset_index(drop=True)
+    keep = pd.Series(True, index=df.index)
+
+    excluded = set(_exclude_list(ctx.cfg, root))
+    ids = df["image_id"].astype(str)
+    for iid in sorted(excluded - set(ids)):
+        report.warnings.append(f"exclude: {iid!r} is not an image of this dataset")
+    for i in df.index[ids.isin(excluded)]:
+        keep[i] = False
+        report.excluded.append(_excluded_row(df, i, "config exclude"))
+
+    paths = df["path"].fillna("").astype(str).str.replace("\\", "/", regex=False)
+    missing = [i for i in df.index if keep[i] and paths[i] and not path_escapes(paths[i]) and not (root / paths[i]).is_file()]
+    if missing and on_missing == "exclude":
+        for i in missing:
+            keep[i] = False
+            report.excluded.append(_excluded_row(df, i, "image file missing"))
+        log.warning("%s: %d listed images missing on disk, excluded (on_missing: exclude)", ctx.name, len(missing))
+    # (with on_missing: error, validate_manifest below raises listing every missing file)
+
+    if adapter.labelled_dirs is not None and not df.empty:
+        import re
+
+        listed = set(paths)
+        rx = re.compile(adapter.labelled_dirs, re.I)
+        from fundusfm.data.adapters.folders import NOT_PHOTOS
+
+        unl = [f for f in ctx.index.images if rx.search(f) and f not in listed and not NOT_PHOTOS.search(f)]
+        report.unlabelled_images.extend(unl)
+    report.unlabelled_images = sorted(set(report.unlabelled_images))
+    if report.unlabelled_images and on_unlabelled == "error":
+        raise ManifestError(ctx.name, [{"file": str(root / f), "row": "", "column": "", "value": f,
+                                        "message": "image on disk has no label (on_unlabelled: error)"}
+                                       for f in report.unlabelled_images])
+
+    df = df[keep].reset_index(drop=True)
+    df.attrs = attrs
+    if "source_label" in df.columns:
+        df["source_label"] = df["source_label"].fillna("").astype(str)
+    # validate first (bad label values must not be coerced away by the derivation), derive, re-check
+    df = validate_manifest(df, ctx.name, root, drop_provenance=False)
+    exhaustive = bool(ctx.cfg.get("exhaustive", adapter.exhaustive))
+    if any(c in df.columns for c in DISEASE_COLUMNS + ("normal", "abnormal")):
+        df = harmonise_abnormal(df, exhaustive=exhaustive)
+        df.attrs = attrs
+    return order_columns(validate_manifest(df, ctx.name, root, check_files=False))
+
+
+def _excluded_row(df: pd.DataFrame, i: int, reason: str) -> dict:
+    get = lambda c: "" if c not in df.columns or pd.isna(df.at[i, c]) else str(df.at[i, c])  # noqa: E731
+    return {"image_id": get("image_id"), "path": get("path"), "reason": reason, "file": get("_file"), "row": get("_row")}
+
+
+def list_adapters() -> list[str]:
+    """Registered adapter names (plus ``synth``)."""
+    return sorted(ADAPTERS) + ["synth"]
