@@ -109,9 +109,18 @@ def task_metrics(wildcards):
     ]
 
 
+def task_test_metrics(wildcards):
+    return [
+        f"{R}/metrics/{r.path}/test.json" for r in fcfg.runs(config, wildcards.task)
+    ]
+
+
 def all_targets():
     targets = [f"{R}/tables/{t}.md" for t in TASKS]
+    targets += [f"{R}/figures/{t}" for t in TASKS]
     targets += [f"{R}/preprocessed/{d}/gallery.png" for d in DATASETS]
+    if config["report"]["cam"]:
+        targets += [f"{R}/cam/{t}" for t in TASKS]
     return targets
 
 

@@ -45,6 +45,12 @@ rule preprocess:
         manifest=f"{R}/manifests/{{dataset}}.csv",
     output:
         qc=f"{R}/preprocessed/{{dataset}}/qc.csv",
+        gallery=report(
+            f"{R}/preprocessed/{{dataset}}/gallery.png",
+            caption="../workflow/report/qc_gallery.rst",
+            category="Preprocessing",
+            subcategory="{dataset}",
+        ),
     log:
         f"{R}/logs/preprocess/{{dataset}}.log",
     benchmark:
@@ -62,26 +68,7 @@ rule preprocess:
         "--out {params.out} --size {params.pp[size]} "
         "--normalise {params.pp[normalise]} --format {params.pp[format]} "
         "--max-reject-fraction {params.pp[max_reject_fraction]} --thresholds {params.thresholds} "
-        "--workers {threads} > {log} 2>&1"
-
-
-rule qc_gallery:
-    """Contact sheet of rejected and borderline images per reason."""
-    input:
-        qc=f"{R}/preprocessed/{{dataset}}/qc.csv",
-    output:
-        report(
-            f"{R}/preprocessed/{{dataset}}/gallery.png",
-            caption="../workflow/report/qc_gallery.rst",
-            category="Preprocessing",
-            subcategory="{dataset}",
-        ),
-    log:
-        f"{R}/logs/qc_gallery/{{dataset}}.log",
-    conda:
-        "../envs/fundusfm.yaml"
-    shell:
-        "fundusfm preprocess --gallery-only {input.qc} --gallery {output} > {log} 2>&1"
+        "--workers {threads} --gallery {output.gallery} --no-progress > {log} 2>&1"
 
 
 rule overlap:

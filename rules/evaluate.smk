@@ -57,3 +57,49 @@ rule table:
     shell:
         "fundusfm table --task {wildcards.task} --task-json {params.task} --metrics {input} "
         "--compare-to {params.ref} --out-prefix {params.prefix} > {log} 2>&1"
+
+
+rule figures:
+    """ROC/PR curves with inits overlaid, label efficiency, confusion, calibration, training curves."""
+    input:
+        task_metrics,
+    output:
+        report(
+            directory(f"{R}/figures/{{task}}"),
+            patterns=["{name}.png"],
+            caption="../workflow/report/figures.rst",
+            category="Figures",
+            subcategory="{task}",
+        ),
+    log:
+        f"{R}/logs/figures/{{task}}.log",
+    conda:
+        "../envs/fundusfm.yaml"
+    params:
+        task=lambda wc: q(fcfg.task_spec(config, wc.task)),
+    shell:
+        "fundusfm figures --task {wildcards.task} --task-json {params.task} --metrics {input} "
+        "--out-dir {output} > {log} 2>&1"
+
+
+rule cam:
+    """Activation-map galleries (Grad-CAM, Grad-CAM++) of the task's best model."""
+    input:
+        metrics=task_test_metrics,
+        table=f"{R}/splits/{{task}}.csv",
+    output:
+        report(
+            directory(f"{R}/cam/{{task}}"),
+            patterns=["{name}.png"],
+            caption="../workflow/report/cam.rst",
+            category="Activation maps",
+            subcategory="{task}",
+        ),
+    log:
+        f"{R}/logs/cam/{{task}}.log",
+    conda:
+        "../envs/fundusfm.yaml"
+    threads: 1
+    shell:
+        "fundusfm cam --best-of {input.metrics} --table {input.table} --out-dir {output} "
+        "--threads {threads} > {log} 2>&1"

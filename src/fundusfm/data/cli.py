@@ -122,7 +122,3 @@ def overlap_main(argv: list[str] | None = None) -> int:
         n_cross, args.threshold, len(pairs) - n_cross, args.out)
     return 0
 
-
-# ----------------------------------------------------------------------------------------------
-# split_main: `fundusfm split` (patient-grouped task splits) -- owned by the lead, added here.
-# ----------------------------------------------------------------------------------------------

@@ -183,10 +183,14 @@ def cam_main(argv: list[str] | None = None) -> int:
     from fundusfm.evaluate.cam import run_cam
 
     ap = argparse.ArgumentParser(prog="fundusfm cam", description=cam_main.__doc__)
-    ap.add_argument("--model-dir", required=True, help="training output directory (model.safetensors, model.json)")
+    which = ap.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model-dir", help="training output directory (model.safetensors, model.json)")
+    which.add_argument("--best-of", nargs="+", metavar="METRICS_JSON",
+                       help="pick the run with the best --best-metric on the test set among these metrics files")
+    ap.add_argument("--best-metric", default="auroc")
     ap.add_argument("--table", required=True, help="task table results/splits/<task>.csv (image paths)")
-    ap.add_argument("--fold", type=int, required=True, help="fold of the model (checks the images' role)")
-    ap.add_argument("--predictions", required=True, help="the model's predictions CSV to select cases from")
+    ap.add_argument("--fold", type=int, help="fold of the model (checks the images' role)")
+    ap.add_argument("--predictions", help="the model's predictions CSV to select cases from")
     ap.add_argument("--out-dir", required=True)
     ap.add_argument("--methods", default="gradcam,gradcampp", help="comma-separated: gradcam, gradcampp, "
                     "scorecam, eigencam, layercam, xgradcam, hirescam [gradcam,gradcampp]")
@@ -200,6 +204,20 @@ def cam_main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.best_of:
+        from fundusfm.evaluate.study import best_run, load_records, predictions_path
+
+        best = best_run(load_records(args.best_of), args.best_metric)
+        args.predictions = str(predictions_path(best))
+        args.model_dir = str(Path(args.predictions).parent)
+        args.fold = int(best["fold"])
+        log.info("best run by test %s=%.4f: %s", args.best_metric, best["metrics"][args.best_metric], args.model_dir)
+        Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(args.out_dir) / "best_run.json").write_text(json.dumps(
+            {k: best[k] for k in ("task", "init", "fold", "fraction", "seed")} | {"model_dir": args.model_dir,
+             args.best_metric: best["metrics"][args.best_metric]}, indent=2))
+    elif args.fold is None or args.predictions is None:
+        ap.error("--model-dir needs --fold and --predictions")
     paths = run_cam(args.model_dir, args.table, args.fold, args.predictions, args.out_dir,
                     methods=args.methods.split(","), per_group=args.per_group, device=args.device)
     log.info("%d CAM galleries -> %s", len(paths), args.out_dir)

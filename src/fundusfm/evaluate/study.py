@@ -116,3 +116,13 @@ def compare_inits(
     per_run = pd.DataFrame(run_rows, columns=["set", "init", "fraction", "fold", "seed", "reference", "metric",
                                               "diff", "delong_z", "delong_p", "skipped"])
     return pooled, per_run
+
+
+def best_run(records: Sequence[dict], metric: str = "auroc", set_name: str = "test") -> dict:
+    """The run with the highest ``metric`` on ``set_name`` (ties: first in sorted path
+    order, so the choice is deterministic). Raises ValueError when none has the metric."""
+    scored = [r for r in records if r.get("set") == set_name and r["metrics"].get(metric) is not None]
+    if not scored:
+        raise ValueError(f"no run has {metric!r} on set {set_name!r}")
+    scored.sort(key=lambda r: (-float(r["metrics"][metric]), str(r["_path"])))
+    return scored[0]
