@@ -1,0 +1,166 @@
+"""Model factory: a timm backbone by name with either timm's head or the paper's head.
+
+The paper's head (arXiv 2408.08790) replaces ResNet50's ``fc`` with
+``Linear(2048, 512) -> BatchNorm1d(512) -> ReLU -> Linear(512, classes)``; here 2048 is
+the backbone's feature width, whatever the architecture.  The head is an
+``nn.Sequential`` installed at timm's classifier attribute, so the state-dict keys
+(``fc.0``, ``fc.1``, ``fc.3`` for ResNets) are those of the paper's released checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+HEADS = ("timm", "paper")
+PAPER_HIDDEN = 512
+IMAGENET_WEIGHTS_ENV = "FUNDUSFM_IMAGENET_WEIGHTS"
+
+
+class ImageNetWeightsUnavailable(RuntimeError):
+    """No ImageNet weights could be found offline for the requested architecture."""
+
+
+def paper_head(in_features: int, num_classes: int, hidden: int = PAPER_HIDDEN) -> nn.Sequential:
+    """The paper's classification head: Linear -> BatchNorm1d -> ReLU -> Linear."""
+    return nn.Sequential(
+        nn.Linear(in_features, hidden),
+        nn.BatchNorm1d(hidden),
+        nn.ReLU(inplace=True),
+        nn.Linear(hidden, num_classes),
+    )
+
+
+def classifier_name(model: nn.Module) -> str:
+    """Dotted attribute path of the model's classifier (``fc``, ``head``, ``head.fc``...)."""
+    name = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
+    if not name:
+        raise ValueError(f"{type(model).__name__} declares no classifier in its timm pretrained_cfg")
+    return name
+
+
+def head_prefixes(model: nn.Module) -> tuple[str, ...]:
+    """State-dict key prefixes that belong to the classification head."""
+    return (classifier_name(model) + ".",)
+
+
+def _set_module(model: nn.Module, dotted: str, module: nn.Module) -> None:
+    parent_name, _, leaf = dotted.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, leaf, module)
+
+
+def _classifier_in_features(model: nn.Module) -> int:
+    clf = model.get_submodule(classifier_name(model))
+    if isinstance(clf, nn.Linear):
+        return clf.in_features
+    # mobilenetv3 & co. feed the classifier from a hidden projection, not num_features
+    return int(getattr(model, "head_hidden_size", None) or model.num_features)
+
+
+def _timm_create(arch: str, num_classes: int, img_size: int | None, **kwargs) -> nn.Module:
+    """``timm.create_model`` passing ``img_size`` to the architectures that take it (ViTs)."""
+    if img_size is not None:
+        try:
+            return timm.create_model(arch, num_classes=num_classes, img_size=img_size, **kwargs)
+        except TypeError:
+            pass  # CNNs are size-agnostic and reject the argument
+    return timm.create_model(arch, num_classes=num_classes, **kwargs)
+
+
+def resolve_imagenet_file(imagenet_weights: str | os.PathLike | None) -> Path | None:
+    """Local ImageNet weights override: the argument, else ``$FUNDUSFM_IMAGENET_WEIGHTS``."""
+    src = imagenet_weights or os.environ.get(IMAGENET_WEIGHTS_ENV) or None
+    if src is None:
+        return None
+    path = Path(src).expanduser()
+    if not path.is_file():
+        raise ImageNetWeightsUnavailable(
+            f"ImageNet weights file {path} does not exist (from "
+            f"{'hparam imagenet_weights' if imagenet_weights else '$' + IMAGENET_WEIGHTS_ENV})"
+        )
+    return path
+
+
+def create(
+    arch: str,
+    num_classes: int,
+    head: str = "timm",
+    pretrained_init: str = "random",
+    *,
+    img_size: int | None = None,
+    imagenet_weights: str | os.PathLike | None = None,
+    drop_rate: float = 0.0,
+) -> nn.Module:
+    """Create a timm backbone ``arch`` with ``num_classes`` outputs and the chosen head.
+
+    ``pretrained_init`` is ``"random"`` or ``"imagenet"``; ImageNet weights come through
+    timm's own pretrained loading (HF cache, ``HF_HUB_OFFLINE``), or from a local file
+    (``imagenet_weights`` or ``$FUNDUSFM_IMAGENET_WEIGHTS``).  Without reachable weights
+    this raises :class:`ImageNetWeightsUnavailable`; it never falls back to random.
+    Other init sources (checkpoints) are applied afterwards by
+    :func:`fundusfm.models.init.load_init`.
+    """
+    if head not in HEADS:
+        raise ValueError(f"unknown head {head!r}; choose one of {HEADS}")
+    if pretrained_init not in ("random", "imagenet"):
+        raise ValueError(
+            f"create() builds 'random' or 'imagenet' models, got {pretrained_init!r}; "
+            "apply checkpoints with fundusfm.models.init.load_init"
+        )
+    if arch not in timm.list_models():
+        raise ValueError(f"unknown timm architecture {arch!r} (see timm.list_models())")
+    kwargs: dict = {"drop_rate": drop_rate} if drop_rate else {}
+    if pretrained_init == "imagenet":
+        model = _create_imagenet(arch, num_classes, img_size, imagenet_weights, kwargs)
+    else:
+        model = _timm_create(arch, num_classes, img_size, **kwargs)
+    if head == "paper":
+        # the new head is freshly initialised in both cases: pretrained heads are 1000-way
+        _set_module(model, classifier_name(model), paper_head(_classifier_in_features(model), num_classes))
+    return model
+
+
+def _create_imagenet(arch, num_classes, img_size, imagenet_weights, kwargs) -> nn.Module:
+    local = resolve_imagenet_file(imagenet_weights)
+    if local is not None:
+        kwargs = dict(kwargs, pretrained_cfg_overlay={"file": str(local)})
+        log.info("ImageNet weights for %s from local file %s", arch, local)
+    try:
+        return _timm_create(arch, num_classes, img_size, pretrained=True, **kwargs)
+    except ImageNetWeightsUnavailable:
+        raise
+    except Exception as exc:  # timm / huggingface_hub raise many types when offline
+        raise ImageNetWeightsUnavailable(
+            f"could not load ImageNet weights for {arch!r}: {type(exc).__name__}: {exc}\n"
+            f"Provide them offline: save the state dict of timm.create_model({arch!r}, "
+            f"pretrained=True) to a .safetensors/.pth file and pass it as hparam "
+            f"'imagenet_weights' or in ${IMAGENET_WEIGHTS_ENV}, or pre-populate the "
+            "Hugging Face cache (HF_HOME) and set HF_HUB_OFFLINE=1."
+        ) from exc
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of (trainable) parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def default_mean_std(model: nn.Module) -> tuple[list[float], list[float]]:
+    """Normalisation constants the backbone was designed for (timm's data config)."""
+    cfg = timm.data.resolve_data_config({}, model=model)
+    return [float(x) for x in cfg["mean"]], [float(x) for x in cfg["std"]]
+
+
+@torch.no_grad()
+def feature_dim(model: nn.Module) -> int:
+    """Input width of the classification head."""
+    return _classifier_in_features(model) if not isinstance(
+        model.get_submodule(classifier_name(model)), nn.Sequential
+    ) else model.get_submodule(classifier_name(model))[0].in_features

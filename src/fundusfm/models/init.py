@@ -1,0 +1,270 @@
+"""Init sources and key-match reports.
+
+``load_init(model, spec)`` fills a freshly created model from one of:
+
+* ``random``      nothing to load (timm's initialisation);
+* ``imagenet``    timm's pretrained weights for the same architecture (timm's normal
+  loading, offline cache or local file override, see :func:`fundusfm.models.factory.create`);
+* ``checkpoint:<path>``  external weights: a safetensors file or a torch state dict
+  (optionally nested under ``model`` / ``state_dict``, ``module.`` prefixes stripped),
+  the paper's released ResNet50 (a whole pickled ``DataParallel`` module, loaded only
+  with ``trust_pickle=True`` and converted once to ``<path>.safetensors``), or an
+  MAE / RETFound ViT state dict (decoder and mask token dropped, ``norm``/``fc_norm``
+  mapped, position embeddings resampled by timm).
+
+Every load returns a :class:`KeyReport`.  Head keys (timm's classifier attribute) that
+do not fit are dropped and the head keeps its fresh initialisation; anything else that
+does not match is a partial load, which fails unless ``allow_partial=True``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from fundusfm.models.factory import create, head_prefixes
+
+log = logging.getLogger(__name__)
+
+# keys of MAE pretraining that have no counterpart in an encoder-only model
+MAE_DROP_PREFIXES = ("decoder_", "mask_token")
+NESTED_KEYS = ("model", "state_dict", "model_state_dict", "module", "net")
+
+
+class InitError(RuntimeError):
+    """An init source could not be loaded into the model as asked."""
+
+
+@dataclass
+class KeyReport:
+    """What a weight load did, key by key."""
+
+    source: str
+    n_model_keys: int = 0
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # model keys not in the source (non-head)
+    unexpected: list[str] = field(default_factory=list)  # source keys unknown to the model (non-head)
+    shape_mismatch: list[str] = field(default_factory=list)  # "key: source (..) vs model (..)"
+    head_reinitialised: list[str] = field(default_factory=list)  # head keys left at fresh init
+    head_dropped: list[str] = field(default_factory=list)  # source head keys not used
+    dropped: list[str] = field(default_factory=list)  # source keys dropped on purpose (MAE decoder)
+    renamed: dict[str, str] = field(default_factory=dict)
+    converted_to: str | None = None
+
+    @property
+    def partial(self) -> bool:
+        """True when something beyond the head did not match."""
+        return bool(self.missing or self.unexpected or self.shape_mismatch)
+
+    def summary(self) -> str:
+        """One line for the log."""
+        parts = [
+            f"{self.source}: loaded {len(self.loaded)}/{self.n_model_keys} model keys",
+            f"missing {len(self.missing)}",
+            f"unexpected {len(self.unexpected)}",
+            f"shape-mismatch {len(self.shape_mismatch)}",
+            f"head re-initialised {len(self.head_reinitialised)}",
+            f"head keys dropped {len(self.head_dropped)}",
+        ]
+        if self.dropped:
+            parts.append(f"dropped on purpose {len(self.dropped)}")
+        if self.renamed:
+            parts.append(f"renamed {self.renamed}")
+        return ", ".join(parts)
+
+    def to_dict(self) -> dict:
+        """JSON-ready form (the loaded list as a count: it is most of the model)."""
+        d = asdict(self)
+        d["loaded"] = len(self.loaded)
+        d["partial"] = self.partial
+        return d
+
+
+def _is_ignorable(key: str) -> bool:
+    # BatchNorm step counters carry no learnt information
+    return key.endswith("num_batches_tracked")
+
+
+def match_state_dict(
+    model: nn.Module, state: dict[str, torch.Tensor], source: str
+) -> tuple[dict[str, torch.Tensor], KeyReport]:
+    """Keep the entries of ``state`` that fit ``model`` and report the rest."""
+    target = model.state_dict()
+    heads = head_prefixes(model)
+    is_head = lambda k: k.startswith(heads)  # noqa: E731
+    report = KeyReport(source=source, n_model_keys=sum(not _is_ignorable(k) for k in target))
+    keep: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key not in target:
+            if _is_ignorable(key):
+                continue
+            if is_head(key):
+                report.head_dropped.append(key)
+            elif not _is_ignorable(key):
+                report.unexpected.append(key)
+            continue
+        if tuple(value.shape) != tuple(target[key].shape):
+            if is_head(key):
+                report.head_dropped.append(key)
+            else:
+                report.shape_mismatch.append(
+                    f"{key}: source {tuple(value.shape)} vs model {tuple(target[key].shape)}"
+                )
+            continue
+        keep[key] = value
+        if not _is_ignorable(key):
+            report.loaded.append(key)
+    for key in target:
+        if key in keep or _is_ignorable(key):
+            continue
+        (report.head_reinitialised if is_head(key) else report.missing).append(key)
+    return keep, report
+
+
+def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
+    """A flat {name: tensor} dict from a loaded object (module, nested dict, state dict)."""
+    if isinstance(obj, nn.Module):
+        obj = obj.module if isinstance(obj, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else obj
+        obj = obj.state_dict()
+    if not isinstance(obj, dict):
+        raise InitError(f"{path}: expected a state dict or a module, found {type(obj).__name__}")
+    for nested in NESTED_KEYS:
+        inner = obj.get(nested)
+        if isinstance(inner, (dict, nn.Module)) and not torch.is_tensor(inner):
+            return _unwrap(inner, path)
+    state = {k: v for k, v in obj.items() if torch.is_tensor(v)}
+    if not state:
+        raise InitError(f"{path}: no tensors found (top-level keys: {sorted(obj)[:10]})")
+    # DataParallel / DDP prefix every key with 'module.'
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def read_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> tuple[dict[str, torch.Tensor], str | None]:
+    """Read weights from ``path``; returns (state dict, path of a safetensors conversion or None).
+
+    Pickled whole modules (the paper's release) run code when unpickled, so they load
+    only with ``trust_pickle=True``; they are then converted once to ``<path>.safetensors``
+    and later reads use that file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InitError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        return load_file(str(path)), None
+    converted = path.with_name(path.name + ".safetensors")
+    if converted.is_file() and converted.stat().st_mtime >= path.stat().st_mtime:
+        log.info("using the safetensors conversion %s of %s", converted, path)
+        return load_file(str(converted)), str(converted)
+    try:
+        return _unwrap(torch.load(path, map_location="cpu", weights_only=True), path), None
+    except pickle.UnpicklingError as exc:
+        if not trust_pickle:
+            raise InitError(
+                f"{path} is not a plain state dict: it is a pickled Python object (e.g. the "
+                "paper's released DataParallel ResNet50), and unpickling runs code from the file. "
+                "If you trust its origin, pass --trust-pickle (trust_pickle=True); it is then "
+                f"converted once to {converted.name}.\n(torch said: {str(exc).splitlines()[0]})"
+            ) from exc
+    log.warning("unpickling %s as a whole Python object (trusted by --trust-pickle)", path)
+    state = _unwrap(torch.load(path, map_location="cpu", weights_only=False), path)
+    state = {k: v.detach().contiguous() for k, v in state.items()}
+    try:
+        tmp = converted.with_name(converted.name + ".tmp")
+        save_file(state, str(tmp))
+        os.replace(tmp, converted)
+        log.info("converted %s to %s", path, converted)
+        return state, str(converted)
+    except OSError as exc:  # read-only location: still usable, just not cached
+        log.warning("could not write safetensors conversion next to %s: %s", path, exc)
+        return state, None
+
+
+def adapt_vit_state(model: nn.Module, state: dict[str, torch.Tensor], report: KeyReport) -> dict[str, torch.Tensor]:
+    """Map an MAE / RETFound encoder state dict onto a timm VisionTransformer."""
+    from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+
+    out = {}
+    for key, value in state.items():
+        if key.startswith(MAE_DROP_PREFIXES):
+            report.dropped.append(key)
+        else:
+            out[key] = value
+    target = model.state_dict()
+    # MAE pretrains with a final 'norm'; timm's global-average-pool ViTs use 'fc_norm' instead
+    for a, b in (("norm.", "fc_norm."), ("fc_norm.", "norm.")):
+        if any(k.startswith(a) for k in out) and not any(k.startswith(a) for k in target) and any(
+            k.startswith(b) for k in target
+        ) and not any(k.startswith(b) for k in out):
+            for k in [k for k in out if k.startswith(a)]:
+                out[b + k[len(a):]] = out.pop(k)
+            report.renamed[a.rstrip(".")] = b.rstrip(".")
+            break
+    if isinstance(model, VisionTransformer):
+        out = checkpoint_filter_fn(out, model)  # resamples pos_embed / patch_embed to the model
+    return out
+
+
+def _looks_like_vit(state: dict) -> bool:
+    return any(k.startswith("blocks.") for k in state) and any(k.startswith("patch_embed.") for k in state)
+
+
+def load_init(
+    model: nn.Module,
+    init_spec: str,
+    *,
+    trust_pickle: bool = False,
+    allow_partial: bool = False,
+    imagenet_weights: str | os.PathLike | None = None,
+) -> KeyReport:
+    """Load the init source ``init_spec`` into ``model`` in place and return the key report.
+
+    Raises :class:`InitError` when nothing of the backbone matches (wrong architecture),
+    or when the match is partial beyond the head and ``allow_partial`` is False.
+    """
+    if init_spec == "random":
+        report = KeyReport(source="random", n_model_keys=len(model.state_dict()))
+        log.info("init random: timm initialisation, nothing loaded")
+        return report
+    if init_spec == "imagenet":
+        arch = model.pretrained_cfg["architecture"]
+        ref = create(arch, num_classes=1000, head="timm", pretrained_init="imagenet", imagenet_weights=imagenet_weights)
+        state = ref.state_dict()
+        source = f"imagenet:{arch}"
+        converted = None
+    elif init_spec.startswith("checkpoint:"):
+        path = init_spec[len("checkpoint:"):]
+        state, converted = read_checkpoint(path, trust_pickle=trust_pickle)
+        source = f"checkpoint:{path}"
+    else:
+        raise InitError(f"unknown init {init_spec!r}: use random | imagenet | checkpoint:<path>")
+
+    pre = KeyReport(source=source)
+    if _looks_like_vit(state):
+        state = adapt_vit_state(model, state, pre)
+    keep, report = match_state_dict(model, state, source)
+    report.dropped, report.renamed, report.converted_to = pre.dropped, pre.renamed, converted
+    log.info("init %s", report.summary())
+    if not report.loaded or len(report.loaded) < 0.5 * report.n_model_keys:
+        raise InitError(
+            f"{source} does not fit {model.pretrained_cfg.get('architecture', type(model).__name__)}: "
+            f"only {len(report.loaded)} of {report.n_model_keys} model keys match "
+            f"(e.g. missing {report.missing[:3]}, unexpected {report.unexpected[:3]}, "
+            f"shape mismatch {report.shape_mismatch[:3]}). Is it a checkpoint of another architecture?"
+        )
+    if report.partial and not allow_partial:
+        raise InitError(
+            f"{source} matches only partly beyond the head: {report.summary()}. "
+            f"missing {report.missing[:5]}, unexpected {report.unexpected[:5]}, "
+            f"shape mismatch {report.shape_mismatch[:5]}. Pass --allow-partial to accept."
+        )
+    model.load_state_dict(keep, strict=False)
+    return report

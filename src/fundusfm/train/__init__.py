@@ -1,0 +1,1 @@
+"""Training engine: task-table datasets, fundus augmentation, the loop (resume, DDP), CLI."""

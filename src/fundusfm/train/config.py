@@ -1,0 +1,131 @@
+"""Training hyper-parameters: defaults, validation, and the task definition."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+# Defaults follow the paper where it says (ResNet50, 512 px, its head) and common
+# fine-tuning practice elsewhere.  Every key a run may set is listed here.
+DEFAULT_AUGMENT: dict = {
+    "hflip": 0.5,  # probability
+    "vflip": 0.5,
+    "rotation": 30.0,  # degrees, uniform in [-r, r]; black fill like the outside of the FOV
+    "scale_min": 0.8,  # random resized crop area fraction (processed images: FOV fills the square)
+    "ratio": [0.9, 1.1],
+    "brightness": 0.2,
+    "contrast": 0.2,
+    "saturation": 0.1,
+    "hue": 0.02,
+}
+
+DEFAULT_HPARAMS: dict = {
+    "arch": "resnet50",
+    "head": "paper",  # 'timm' | 'paper'
+    "img_size": 512,
+    "batch_size": 64,  # global batch (split across DDP ranks)
+    "eval_batch_size": None,  # default: 2 x batch_size
+    "epochs": 30,
+    "lr": 1e-4,
+    "min_lr": 1e-6,
+    "weight_decay": 0.01,
+    "warmup_epochs": 1.0,
+    "layer_decay": None,  # e.g. 0.75 for layer-wise lr decay (timm param groups)
+    "label_smoothing": 0.0,
+    "drop_rate": 0.0,
+    "mode": "full",  # 'full' | 'linear_probe'
+    "imbalance": "pos_weight",  # 'none' | 'pos_weight' | 'balanced_sampler'
+    "monitor": "auroc",  # validation metric selecting the best epoch
+    "patience": 10,  # early stopping: epochs without improvement (None = off)
+    "augment": DEFAULT_AUGMENT,
+    "augment_device": "cpu",  # 'cpu' (in the loader workers) | 'gpu' (batched, on device)
+    "amp": "bf16",  # 'bf16' | 'none' (autocast on CUDA only)
+    "channels_last": True,
+    "compile": False,
+    "sync_bn": True,  # SyncBatchNorm under multi-GPU DDP (CUDA only)
+    "grad_clip": None,
+    "imagenet_weights": None,  # local file override for timm's ImageNet weights
+    "deterministic": False,  # torch.use_deterministic_algorithms (CPU runs are seeded anyway)
+    "log_every": 50,  # steps between progress logs / NaN checks
+}
+
+HPARAM_CHOICES = {
+    "head": ("timm", "paper"),
+    "mode": ("full", "linear_probe"),
+    "imbalance": ("none", "pos_weight", "balanced_sampler"),
+    "amp": ("bf16", "none"),
+    "augment_device": ("cpu", "gpu"),
+    "monitor": ("auroc", "accuracy", "balanced_accuracy", "kappa", "f1", "loss"),
+}
+
+TASK_TYPES = ("binary", "multiclass", "ordinal", "multilabel")
+
+
+def resolve_hparams(given: dict | None) -> dict:
+    """Defaults overlaid with ``given``; unknown keys and bad values raise ValueError."""
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(DEFAULT_HPARAMS))
+    if unknown:
+        raise ValueError(f"unknown hparams key(s) {unknown}; known keys: {sorted(DEFAULT_HPARAMS)}")
+    hp = copy.deepcopy(DEFAULT_HPARAMS)
+    aug = given.pop("augment", None)
+    if aug is not None:
+        if not isinstance(aug, dict):
+            raise ValueError(f"hparams 'augment' must be an object, got {aug!r}")
+        bad = sorted(set(aug) - set(DEFAULT_AUGMENT))
+        if bad:
+            raise ValueError(f"unknown hparams augment key(s) {bad}; known: {sorted(DEFAULT_AUGMENT)}")
+        hp["augment"].update(aug)
+    hp.update(given)
+    for key, choices in HPARAM_CHOICES.items():
+        if hp[key] not in choices:
+            raise ValueError(f"hparams {key}={hp[key]!r}: choose one of {choices}")
+    for key in ("img_size", "batch_size", "epochs"):
+        if not isinstance(hp[key], int) or hp[key] < 1:
+            raise ValueError(f"hparams {key} must be a positive integer, got {hp[key]!r}")
+    if hp["lr"] <= 0:
+        raise ValueError(f"hparams lr must be > 0, got {hp['lr']}")
+    if hp["layer_decay"] is not None and not 0 < hp["layer_decay"] <= 1:
+        raise ValueError(f"hparams layer_decay must be in (0, 1], got {hp['layer_decay']}")
+    return hp
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A task definition (``tasks.<name>`` of the config)."""
+
+    type: str
+    columns: tuple[str, ...]  # label column(s) in the task table
+    names: tuple[str, ...]  # class names (single-label) or label names (multilabel)
+
+    @property
+    def multilabel(self) -> bool:
+        return self.type == "multilabel"
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.names)
+
+    def as_dict(self) -> dict:
+        if self.multilabel:
+            return {"type": self.type, "labels": list(self.names)}
+        return {"type": self.type, "label": self.columns[0], "classes": list(self.names)}
+
+    @classmethod
+    def from_dict(cls, task: dict) -> "TaskSpec":
+        """Validate a task definition; errors name the missing key."""
+        kind = task.get("type")
+        if kind not in TASK_TYPES:
+            raise ValueError(f"task 'type' must be one of {TASK_TYPES}, got {kind!r}")
+        if kind == "multilabel":
+            labels = task.get("labels")
+            if not labels:
+                raise ValueError("multilabel task needs a non-empty 'labels' list")
+            return cls(kind, tuple(labels), tuple(labels))
+        for key in ("label", "classes"):
+            if key not in task:
+                raise ValueError(f"{kind} task needs key {key!r}")
+        classes = tuple(str(c) for c in task["classes"])
+        if len(classes) < 2 or (kind == "binary" and len(classes) != 2):
+            raise ValueError(f"{kind} task: bad 'classes' {list(classes)}")
+        return cls(kind, (task["label"],), classes)

@@ -1,0 +1,66 @@
+"""The validation metric that selects the best epoch (full evaluation lives in fundusfm.evaluate)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from sklearn import metrics as skm
+
+from fundusfm.train.config import TaskSpec
+
+HIGHER_IS_BETTER = {"auroc": True, "accuracy": True, "balanced_accuracy": True, "kappa": True, "f1": True, "loss": False}
+
+
+def monitor_value(name: str, task: TaskSpec, y: np.ndarray, prob: np.ndarray, loss: float) -> float:
+    """Value of metric ``name`` on predictions; NaN when undefined (e.g. one class only)."""
+    if name == "loss":
+        return float(loss)
+    if len(y) == 0:
+        return math.nan
+    if task.multilabel:
+        vals = []
+        for j in range(y.shape[1]):
+            known = ~np.isnan(y[:, j])
+            yj, pj = y[known, j].astype(int), prob[known, j]
+            if len(np.unique(yj)) < 2 and name in ("auroc", "kappa", "balanced_accuracy"):
+                continue  # undefined for this label: average over the labels where it is defined
+            vals.append(_single(name, yj, np.stack([1 - pj, pj], 1), binary=True, ordinal=False))
+        return float(np.mean(vals)) if vals else math.nan
+    return _single(name, y.astype(int), prob, binary=task.type == "binary", ordinal=task.type == "ordinal")
+
+
+def _single(name: str, y: np.ndarray, prob: np.ndarray, binary: bool, ordinal: bool) -> float:
+    pred = prob.argmax(1)
+    present = np.unique(y)
+    if name == "auroc":
+        if len(present) < 2:
+            return math.nan
+        if binary or prob.shape[1] == 2:
+            return float(skm.roc_auc_score(y, prob[:, 1]))
+        # one-vs-rest macro over the classes present in y
+        cols = prob[:, present]
+        cols = cols / np.clip(cols.sum(1, keepdims=True), 1e-12, None)
+        if len(present) == 2:
+            return float(skm.roc_auc_score(y == present[1], cols[:, 1]))
+        return float(skm.roc_auc_score(y, cols, multi_class="ovr", labels=present, average="macro"))
+    if name == "accuracy":
+        return float(skm.accuracy_score(y, pred))
+    if name == "balanced_accuracy":
+        return float(skm.balanced_accuracy_score(y, pred)) if len(present) > 1 else math.nan
+    if name == "kappa":
+        if len(present) < 2:
+            return math.nan
+        return float(skm.cohen_kappa_score(y, pred, weights="quadratic" if ordinal else None))
+    if name == "f1":
+        return float(skm.f1_score(y, pred, average="binary" if binary else "macro", zero_division=0))
+    raise ValueError(f"unknown monitor metric {name!r}")
+
+
+def is_better(name: str, new: float, best: float | None) -> bool:
+    """Whether ``new`` improves on ``best`` (NaN never improves; first finite value does)."""
+    if math.isnan(new):
+        return False
+    if best is None or math.isnan(best):
+        return True
+    return new > best if HIGHER_IS_BETTER[name] else new < best
