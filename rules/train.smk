@@ -86,6 +86,6 @@ rule predict_external:
     resources:
         gpu=GPUS_PER_JOB,
     shell:
-        "OMP_NUM_THREADS={threads} fundusfm train --predict-only --table {input.table} "
-        "--fold {wildcards.fold} --external {wildcards.dataset} "
-        "--out $(dirname {input.model}) > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} fundusfm infer --model-dir $(dirname {input.model}) "
+        "--table {input.table} --fold {wildcards.fold} --dataset {wildcards.dataset} "
+        "--out {output} > {log} 2>&1"

@@ -16,6 +16,7 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "split": ("fundusfm.data.split_cli", "main", "patient-grouped splits of a task (leak-checked)"),
     "overlap": ("fundusfm.data.cli", "overlap_main", "duplicate / overlap check across datasets"),
     "train": ("fundusfm.train.cli", "main", "pretrain or fine-tune a timm backbone"),
+    "infer": ("fundusfm.train.infer", "main", "predict an external dataset with a trained model"),
     "evaluate": ("fundusfm.evaluate.cli", "evaluate_main", "metrics with CIs from a predictions CSV"),
     "table": ("fundusfm.evaluate.cli", "table_main", "study table of a task (CSV, Markdown, LaTeX)"),
     "figures": ("fundusfm.evaluate.cli", "figures_main", "ROC/PR, label-efficiency and other figures"),

@@ -36,6 +36,7 @@ from tqdm import tqdm
 from fundusfm.models import create, default_mean_std, load_init
 from fundusfm.models.factory import classifier_name
 from fundusfm.train.config import TaskSpec
+from fundusfm.train.infer import predictions_frame
 from fundusfm.train.data import (
     EpochBatchSampler,
     FundusDataset,
@@ -52,7 +53,6 @@ log = logging.getLogger(__name__)
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpointed on a signal, rerun to resume
 RESUME_DIR = ".resume"
-ID_COLUMNS = ("image_id", "dataset", "patient_id", "eye")
 
 
 class Preempted(Exception):
@@ -485,19 +485,7 @@ class Trainer:
 
     def predictions_frame(self, name: str, prob: np.ndarray) -> pd.DataFrame:
         """A predictions CSV of the contract for set ``name``."""
-        rows = self.sets[name]
-        out = pd.DataFrame({c: rows[c].to_numpy() for c in ID_COLUMNS})
-        y = self.targets[name]
-        if self.task.multilabel:
-            for j, lab in enumerate(self.task.names):
-                out[f"label_{lab}"] = pd.array(np.where(np.isnan(y[:, j]), np.nan, y[:, j]), dtype="Int64")
-            for j, lab in enumerate(self.task.names):
-                out[f"prob_{lab}"] = prob[:, j]
-        else:
-            out["label"] = y
-            for j, cls in enumerate(self.task.names):
-                out[f"prob_{cls}"] = prob[:, j]
-        return out
+        return predictions_frame(self.sets[name], self.targets[name], prob, self.task)
 
     def _write_outputs(self, best_state: dict[str, torch.Tensor]) -> None:
         hp, spec = self.hp, self.spec
