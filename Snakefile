@@ -8,7 +8,11 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The demo config unless --configfile names another (Snakemake would merge the two).
+if not config:
+
+    configfile: "config/config.yaml"
+
 
 
 report: "workflow/report/workflow.rst"

@@ -8,7 +8,7 @@ VENV=${VENV:-.venv}
 export PATH="$(pwd)/$VENV/bin:$PATH"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-cp -r Snakefile rules workflow config "$work"/
+cp -r Snakefile rules workflow config envs "$work"/
 cd "$work"
 start=$(date +%s.%N)
 snakemake --cores all --quiet rules "$@" > snakemake.log 2>&1 || { tail -50 snakemake.log; exit 1; }

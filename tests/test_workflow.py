@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 
 def copy_workflow(dest: Path) -> Path:
-    for name in ("Snakefile", "rules", "workflow", "config"):
+    for name in ("Snakefile", "rules", "workflow", "config", "envs"):
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / name)
     shutil.copy(REPO / "tests" / "configs" / "tiny.yaml", dest / "config" / "tiny.yaml")

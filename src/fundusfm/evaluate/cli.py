@@ -211,11 +211,11 @@ def cam_main(argv: list[str] | None = None) -> int:
         args.predictions = str(predictions_path(best))
         args.model_dir = str(Path(args.predictions).parent)
         args.fold = int(best["fold"])
-        log.info("best run by test %s=%.4f: %s", args.best_metric, best["metrics"][args.best_metric], args.model_dir)
+        log.info("best run by test %s=%s: %s", args.best_metric, best["metrics"].get(args.best_metric), args.model_dir)
         Path(args.out_dir).mkdir(parents=True, exist_ok=True)
         (Path(args.out_dir) / "best_run.json").write_text(json.dumps(
             {k: best[k] for k in ("task", "init", "fold", "fraction", "seed")} | {"model_dir": args.model_dir,
-             args.best_metric: best["metrics"][args.best_metric]}, indent=2))
+             args.best_metric: best["metrics"].get(args.best_metric)}, indent=2))
     elif args.fold is None or args.predictions is None:
         ap.error("--model-dir needs --fold and --predictions")
     paths = run_cam(args.model_dir, args.table, args.fold, args.predictions, args.out_dir,

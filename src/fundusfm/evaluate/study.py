@@ -120,9 +120,17 @@ def compare_inits(
 
 def best_run(records: Sequence[dict], metric: str = "auroc", set_name: str = "test") -> dict:
     """The run with the highest ``metric`` on ``set_name`` (ties: first in sorted path
-    order, so the choice is deterministic). Raises ValueError when none has the metric."""
-    scored = [r for r in records if r.get("set") == set_name and r["metrics"].get(metric) is not None]
-    if not scored:
-        raise ValueError(f"no run has {metric!r} on set {set_name!r}")
-    scored.sort(key=lambda r: (-float(r["metrics"][metric]), str(r["_path"])))
-    return scored[0]
+    order, so the choice is deterministic). Runs where the metric is undefined rank last;
+    raises ValueError when no run was evaluated on ``set_name``."""
+    runs = [r for r in records if r.get("set") == set_name]
+    if not runs:
+        raise ValueError(f"no run was evaluated on set {set_name!r}")
+
+    def rank(r):
+        v = r["metrics"].get(metric)
+        return (v is None, -float(v) if v is not None else 0.0, str(r["_path"]))
+
+    best = min(runs, key=rank)
+    if best["metrics"].get(metric) is None:
+        log.warning("%s is undefined for every run on %s; using %s", metric, set_name, best["_path"])
+    return best
