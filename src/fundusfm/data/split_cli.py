@@ -71,7 +71,7 @@ def build_task_table(task: dict, manifests: dict, qcs: dict, preprocessed: dict,
             row = df[bad].iloc[0]
             raise SystemExit(
                 f"fundusfm split: task {task['name']!r}: {row['dataset']}/{row['image_id']} has "
-                f"{task['label']}={row[task['label']]!r}, outside classes 0..{len(task['classes']) - 1} {task['classes']}"
+                f"{task['label']}={row[task['label']]}, outside classes 0..{len(task['classes']) - 1} {task['classes']}"
             )
     table = assign_roles(df, task, SplitSpec.from_dict(task.get("split")))
     keep = ["dataset", "image_id", "patient_id", "eye", "image", "qc_status", *task_label_columns(task), "exclude_reason"]
