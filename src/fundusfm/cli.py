@@ -20,6 +20,7 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "evaluate": ("fundusfm.evaluate.cli", "evaluate_main", "metrics with CIs from a predictions CSV"),
     "table": ("fundusfm.evaluate.cli", "table_main", "study table of a task (CSV, Markdown, LaTeX)"),
     "figures": ("fundusfm.evaluate.cli", "figures_main", "ROC/PR, label-efficiency and other figures"),
+    "summary": ("fundusfm.evaluate.cli", "summary_main", "compact metrics JSON + CSV of all study tables (DVC)"),
     "cam": ("fundusfm.evaluate.cli", "cam_main", "activation-map galleries of a trained model"),
     "sync-mlflow": ("fundusfm.tracking", "sync_main", "mirror result files into MLflow (idempotent)"),
     "export": ("fundusfm.release", "export_main", "export a trained model as a release"),

@@ -222,3 +222,36 @@ def cam_main(argv: list[str] | None = None) -> int:
                     methods=args.methods.split(","), per_group=args.per_group, device=args.device)
     log.info("%d CAM galleries -> %s", len(paths), args.out_dir)
     return 0
+
+
+def summary_main(argv: list[str] | None = None) -> int:
+    """``fundusfm summary``: compact numbers of every study table for ``dvc metrics`` and
+    ``dvc plots``: a nested JSON (task -> set -> init -> fraction -> metric) and a long CSV.
+    Only overall metrics (``<metric>__mean`` columns) are kept; undefined values are null."""
+    import math
+
+    import pandas as pd
+
+    ap = argparse.ArgumentParser(prog="fundusfm summary", description=summary_main.__doc__)
+    ap.add_argument("--tables", default="results/tables", help="folder of <task>.csv study tables")
+    ap.add_argument("--out-json", default="summary/metrics.json")
+    ap.add_argument("--out-csv", default="summary/label_efficiency.csv")
+    args = ap.parse_args(argv)
+    rows = []
+    for path in sorted(Path(args.tables).glob("*.csv")):
+        if path.stem.endswith("_comparisons"):
+            continue
+        for rec in pd.read_csv(path).to_dict("records"):
+            values = {c[: -len("__mean")]: (None if pd.isna(v) or (isinstance(v, float) and math.isnan(v)) else float(v))
+                      for c, v in rec.items() if c.endswith("__mean") and ":" not in c}
+            rows.append(dict(task=path.stem, set=str(rec["set"]), init=str(rec["init"]), fraction=rec["fraction"], **values))
+    nest: dict = {}
+    for r in rows:
+        metrics = {k: v for k, v in r.items() if k not in ("task", "set", "init", "fraction")}
+        nest.setdefault(r["task"], {}).setdefault(r["set"], {}).setdefault(r["init"], {})[f"frac{r['fraction']:g}"] = metrics
+    for out in (args.out_json, args.out_csv):
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(nest, args.out_json)
+    pd.DataFrame(rows).to_csv(args.out_csv, index=False, float_format="%.6g")
+    log.info("summary of %d table rows -> %s, %s", len(rows), args.out_json, args.out_csv)
+    return 0
