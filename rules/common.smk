@@ -44,17 +44,18 @@ def dataset_root(dataset):
     return config["datasets"][dataset].get("root", "")
 
 
-def synth_input(wildcards):
-    """A synthetic dataset is drawn by the synth rule before it is ingested."""
+def dataset_inputs(wildcards):
+    """Files ingest reads that another rule may write, so that rule runs first: a synthetic
+    dataset's labels.csv (rule synth) or a `manifest` dataset's CSV (e.g. a user's rule).
+    """
+    from fundusfm.data.adapters.generic import manifest_csv_path
+
     ds = config["datasets"][wildcards.dataset]
-    return [f"{ds['root']}/labels.csv"] if "synth" in ds else []
-
-
-def synth_dataset_of(root):
-    for name, ds in config["datasets"].items():
-        if "synth" in ds and ds["root"] == root:
-            return name
-    raise ValueError(f"no synthetic dataset with root {root!r}")
+    if "synth" in ds:
+        return [f"{ds['root']}/labels.csv"]
+    if ds["adapter"] == "manifest":
+        return [str(manifest_csv_path(ds))]
+    return []
 
 
 def task_datasets(task):

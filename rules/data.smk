@@ -24,7 +24,7 @@ rule synth:
 rule ingest:
     """Turn a dataset as distributed into the manifest contract."""
     input:
-        synth_input,
+        dataset_inputs,
     output:
         manifest=f"{R}/manifests/{{dataset}}.csv",
         report=f"{R}/manifests/{{dataset}}.report.json",

@@ -35,6 +35,11 @@ def mlflow_metrics(wildcards=None):
     return [m for t in TASKS for m in task_metrics(SimpleNamespace(task=t))]
 
 
+def mlflow_config_json(wildcards):
+    """The resolved study config (parent-run params, dataset lists, expected jobs)."""
+    return q(config)
+
+
 def mlflow_targets():
     return [f"{R}/mlflow/sync.json"] if mlflow_enabled() else []
 
@@ -44,11 +49,11 @@ rule mlflow_experiment:
     store is unreachable, recording that)."""
     output:
         f"{R}/mlflow/experiment.json",
-    params:
-        cfg=lambda wc: q(config),
-        uri=mlflow_uri_arg(),
     log:
         f"{R}/logs/mlflow/experiment.log",
+    params:
+        cfg=mlflow_config_json,
+        uri=mlflow_uri_arg(),
     shell:
         "fundusfm sync-mlflow --experiment-only --results {R} --config-json {params.cfg} "
         "{params.uri} --experiment-json {output} > {log} 2>&1"
@@ -63,11 +68,11 @@ rule sync_mlflow:
         metrics=mlflow_metrics,
     output:
         f"{R}/mlflow/sync.json",
-    params:
-        cfg=lambda wc: q(config),
-        uri=mlflow_uri_arg(),
     log:
         f"{R}/logs/mlflow/sync.log",
+    params:
+        cfg=mlflow_config_json,
+        uri=mlflow_uri_arg(),
     shell:
         "fundusfm sync-mlflow --results {R} --config-json {params.cfg} {params.uri} "
         "--experiment-json {input.experiment} --summary {output} > {log} 2>&1"

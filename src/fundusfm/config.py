@@ -82,7 +82,11 @@ def _fill_defaults(config: dict) -> None:
 
 def _cross_check(config: dict):
     datasets = config["datasets"]
+    from fundusfm.data.adapters import option_problems
+
     for name, ds in datasets.items():
+        for problem in option_problems(name, ds):
+            yield f"{problem['column']}: {problem['message']}"
         if "root" not in ds and ds["adapter"] not in {"manifest"}:
             yield f"datasets.{name}.root: missing (the folder of the dataset as distributed)"
         if "synth" in ds and ds["adapter"] != "synth":

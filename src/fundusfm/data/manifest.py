@@ -7,7 +7,9 @@ column and value, so one run shows everything to fix.
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 from pathlib import Path, PurePosixPath
 
 import pandas as pd
@@ -111,16 +113,25 @@ def validate_manifest(df: pd.DataFrame, dataset: str, root: str | Path, check_fi
     """
     root = Path(root)
     src = f"{dataset} manifest"
+    # header problems point at the CSV itself when it came from a file (adapter `manifest`)
+    header_file = src
+    if "_file" in df.columns and len(df) and pd.notna(df["_file"].iat[0]) and str(df["_file"].iat[0]):
+        header_file = str(df["_file"].iat[0])
     problems: list[dict] = []
+    known = set(ID_COLUMNS) | set(OPTIONAL_COLUMNS) | set(LABELS) | set(PROVENANCE)
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
-        raise ManifestError(dataset, [{"file": src, "row": 1, "column": c, "value": "",
-                                       "message": "required column missing (header row)"} for c in missing])
-    known = set(ID_COLUMNS) | set(OPTIONAL_COLUMNS) | set(LABELS) | set(PROVENANCE)
+        raise ManifestError(dataset, [{"file": header_file, "row": 1, "column": c, "value": "",
+                                       "message": "required column missing (header row)"
+                                       + (f"; rename the header's {hit!r} to {c!r}"
+                                          if (hit := closest(c, [str(x) for x in df.columns])) else "")}
+                                      for c in missing])
     for c in df.columns:
         if c not in known:
-            problems.append({"file": src, "row": 1, "column": str(c), "value": "",
-                             "message": f"unknown column; allowed: {', '.join(ID_COLUMNS + OPTIONAL_COLUMNS)} "
+            problems.append({"file": header_file, "row": 1, "column": str(c), "value": "",
+                             "message": "unknown column"
+                                        + (f" (did you mean {hit!r}?)" if (hit := closest(str(c), sorted(known - set(PROVENANCE)))) else "")
+                                        + f"; allowed: {', '.join(ID_COLUMNS + OPTIONAL_COLUMNS)} "
                                         f"and labels {', '.join(LABELS)}"})
     out = df.reset_index(drop=True).copy()
     out.attrs = dict(df.attrs)
@@ -182,6 +193,20 @@ def validate_manifest(df: pd.DataFrame, dataset: str, root: str | Path, check_fi
     if drop_provenance:
         out = out.drop(columns=[c for c in PROVENANCE if c in out.columns])
     return order_columns(out)
+
+
+def closest(name: str, candidates: list[str]) -> str | None:
+    """The candidate ``name`` was probably meant to be (same ignoring case, '_', '-' and spaces,
+    else the closest spelling), or None. For "did you mean" hints on column and key names."""
+    def norm(t: str) -> str:
+        return re.sub(r"[\s_\-]+", "", str(t)).lower()
+
+    others = [c for c in candidates if c != name]
+    same = [c for c in others if norm(c) == norm(name)]
+    if same:
+        return same[0]
+    hits = difflib.get_close_matches(name, others, n=1, cutoff=0.6)
+    return hits[0] if hits else None
 
 
 def order_columns(df: pd.DataFrame) -> pd.DataFrame:

@@ -19,7 +19,7 @@ import pandas as pd
 
 from fundusfm.data.adapters import aptos, deepdrid, eyepacs, folders, generic, idrid, messidor, odir, papila, refuge, rfmid
 from fundusfm.data.adapters.base import Adapter, Context, Report
-from fundusfm.data.manifest import ManifestError, order_columns, path_escapes, validate_manifest
+from fundusfm.data.manifest import ManifestError, closest, order_columns, path_escapes, validate_manifest
 from fundusfm.data.vocab import DISEASE_COLUMNS, harmonise_abnormal
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,28 @@ ALIASES = {"aptos": "aptos2019", "kaggle_dr": "eyepacs", "kaggle_dr2015": "eyepa
            "messidor-2": "messidor2", "odir": "odir5k", "odir-5k": "odir5k", "glaucoma-fundus": "glaucoma_fundus",
            "retfound_benchmark": "retfound"}
 COMMON_OPTIONS = {"adapter", "root", "exclude", "on_missing", "on_unlabelled", "exhaustive"}
+# Keys each adapter reads besides COMMON_OPTIONS. Any other key in a dataset entry is a typo
+# (`image_column` for `image_col`) that would otherwise be ignored without a word.
+ADAPTER_OPTIONS: dict[str, frozenset[str]] = {
+    "aptos2019": frozenset({"labels_file", "include_unlabelled", "test_file"}),
+    "eyepacs": frozenset({"labels_file", "test_labels_file"}),
+    "eyeq": frozenset({"labels_file", "test_labels_file"}),
+    "idrid": frozenset({"labels_file", "test_labels_file"}),
+    "messidor2": frozenset({"labels_file", "pairs_file"}),
+    "odir5k": frozenset({"labels_file", "sheet", "split"}),
+    "rfmid": frozenset({"labels_file", "val_labels_file", "test_labels_file"}),
+    "papila": frozenset({"od_file", "os_file"}),
+    "jsiec": frozenset({"class_map"}),
+    "glaucoma_fundus": frozenset({"class_map"}),
+    "refuge": frozenset({"val_labels_file", "test_labels_file"}),
+    "deepdrid": frozenset({"labels_file", "val_labels_file"}),
+    "retfound": frozenset({"class_map"}),
+    "csv": frozenset({"labels_file", "image_col", "patient_col", "eye_col", "split_col", "split_map", "label_map",
+                      "value_map", "path_template", "sheet"}),
+    "imagefolder": frozenset({"class_map", "split_dirs"}),
+    "manifest": frozenset({"path"}),
+    "synth": frozenset({"synth"}),
+}
 
 
 def get_adapter(name: str) -> Adapter:
@@ -42,6 +64,40 @@ def get_adapter(name: str) -> Adapter:
     if key not in ADAPTERS:
         raise KeyError(f"unknown adapter {name!r}; available: {', '.join(sorted(ADAPTERS))}, synth")
     return ADAPTERS[key]
+
+
+def option_problems(name: str, cfg: dict) -> list[dict]:
+    """Problems with the keys of dataset ``name``'s config entry, before anything is read.
+
+    An unknown adapter, or a key that adapter does not read (with the closest valid key),
+    each as a problem dict (``file`` ``config``, ``column`` ``datasets.<name>.<key>``).
+    The workflow's config check and ``read_dataset`` both use it.
+    """
+    cfg = cfg or {}
+    where = f"datasets.{name}"
+    adapter_name = str(cfg.get("adapter", ""))
+    key = "synth" if adapter_name.lower() == "synth" else ALIASES.get(adapter_name.lower(), adapter_name.lower())
+    if key not in ADAPTER_OPTIONS:
+        hint = closest(adapter_name, list(ADAPTER_OPTIONS))
+        return [{"file": "config", "row": "", "column": f"{where}.adapter", "value": adapter_name,
+                 "message": "unknown adapter" + (f" (did you mean {hint!r}?)" if hint else "")
+                            + f"; available: {', '.join(sorted(ADAPTER_OPTIONS))}"}]
+    valid = sorted(COMMON_OPTIONS | ADAPTER_OPTIONS[key])
+    problems = []
+    for k in cfg:
+        if k not in COMMON_OPTIONS and k not in ADAPTER_OPTIONS[key]:
+            hint = closest(str(k), valid)
+            problems.append({"file": "config", "row": "", "column": f"{where}.{k}", "value": "",
+                             "message": f"not an option of adapter {key!r}" + (f" (did you mean {hint!r}?)" if hint else "")
+                                        + f"; its options: {', '.join(valid)}"})
+    if key == "csv":
+        # a value_map for a label that label_map does not read would never apply
+        label_map = cfg.get("label_map") or {}
+        for label in (cfg.get("value_map") or {}):
+            if label not in label_map:
+                problems.append({"file": "config", "row": "", "column": f"{where}.value_map.{label}", "value": "",
+                                 "message": f"no label_map entry for {label!r}, so this value_map is never used"})
+    return problems
 
 
 def _read_synth(name: str, root: Path) -> pd.DataFrame:
@@ -76,6 +132,9 @@ def read_dataset(name: str, cfg: dict) -> tuple[pd.DataFrame, dict]:
     ``exclude``), unlabelled images when ``on_unlabelled: error``.
     """
     cfg = dict(cfg or {})
+    bad_keys = option_problems(name, cfg) if cfg.get("adapter") else []
+    if bad_keys:
+        raise ManifestError(name, bad_keys)
     adapter_name = cfg.get("adapter")
     if not adapter_name or "root" not in cfg:
         raise ManifestError(name, [{"file": "config", "row": "", "column": "adapter/root", "value": str(cfg),

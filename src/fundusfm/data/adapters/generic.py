@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fundusfm.data.adapters.base import Adapter, Context, IMAGE_EXTS, parse_eye, read_table, require_columns, rows
-from fundusfm.data.manifest import ManifestError, read_manifest_csv
+from fundusfm.data.manifest import REQUIRED_COLUMNS, ManifestError, read_manifest_csv, validate_manifest
 from fundusfm.data.vocab import LABELS
 
 
@@ -72,15 +72,28 @@ def read_csv_adapter(ctx: Context):
     return rows(records, dict(label_map))
 
 
+def manifest_csv_path(cfg: dict) -> Path:
+    """Where the ``manifest`` adapter reads a dataset's CSV: ``path`` under ``root`` when
+    that file exists, else ``path`` as given (absolute, or relative to the working
+    directory: e.g. a file a user's Snakemake rule writes)."""
+    p = Path(cfg.get("path", "manifest.csv"))
+    if p.is_absolute() or not cfg.get("root"):
+        return p
+    under_root = Path(cfg["root"]) / p
+    return under_root if under_root.is_file() else p
+
+
 def read_manifest_adapter(ctx: Context):
     """A CSV already in the manifest format (``path:`` relative to the root, else to the working directory)."""
     given = ctx.option("path", "manifest.csv")
-    p = Path(given)
-    if not p.is_absolute():
-        p = ctx.root / p if (ctx.root / p).is_file() else p
+    p = manifest_csv_path({"path": given, "root": str(ctx.root)})
     if not p.is_file():
         raise _config_error(ctx, "path", given, f"manifest CSV not found (looked in {ctx.root} and the working directory)")
-    return read_manifest_csv(p)
+    df = read_manifest_csv(p)
+    if any(c not in df.columns for c in REQUIRED_COLUMNS):
+        # fail here, naming the file and its header, before anything indexes the missing column
+        validate_manifest(df, ctx.name, ctx.root, check_files=False)
+    return df
 
 
 CSV = Adapter(
