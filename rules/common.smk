@@ -46,7 +46,7 @@ def dataset_root(dataset):
 
 def dataset_inputs(wildcards):
     """Files ingest reads that another rule may write, so that rule runs first: a synthetic
-    dataset's labels.csv (rule synth) or a `manifest` dataset's CSV (e.g. a user's rule).
+    dataset's labels.csv (drawn by `synth`) or a `manifest` dataset's CSV (a user may write it).
     """
     from fundusfm.data.adapters.generic import manifest_csv_path
 
