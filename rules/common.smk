@@ -45,7 +45,7 @@ def dataset_root(dataset):
 
 
 def dataset_inputs(wildcards):
-    """Files ingest reads that another rule may write, so that rule runs first: a synthetic
+    """Files ingest reads that another job may write, so that job runs first. A synthetic
     dataset's labels.csv (drawn by `synth`) or a `manifest` dataset's CSV (a user may write it).
     """
     from fundusfm.data.adapters.generic import manifest_csv_path
