@@ -58,24 +58,38 @@ def dataset_inputs(wildcards):
     return []
 
 
-def task_datasets(task):
-    spec = fcfg.task_spec(config, task)
-    return list(spec["datasets"]) + list(spec.get("external", []))
+def split_datasets(wildcards):
+    """Datasets of a split table: the development sets of a task (or of pretraining),
+    or the one external dataset of an external table."""
+    if "dataset" in wildcards.keys():
+        return [wildcards.dataset]
+    return list(fcfg.task_spec(config, wildcards.task)["datasets"])
+
+
+def split_spec(wildcards):
+    spec = fcfg.task_spec(config, wildcards.task, external=False)
+    if "dataset" in wildcards.keys():
+        spec = dict(spec, datasets=[], external=[wildcards.dataset])
+    return q(spec)
 
 
 def split_inputs(wildcards):
-    dss = task_datasets(wildcards.task)
+    dss = split_datasets(wildcards)
     inputs = {
         "manifests": [f"{R}/manifests/{d}.csv" for d in dss],
         "qc": [f"{R}/preprocessed/{d}/qc.csv" for d in dss],
     }
-    if wildcards.task == "pretrain" and config["pretrain"]["exclude_overlaps"]:
+    if (
+        wildcards.task == "pretrain"
+        and config["pretrain"]["exclude_overlaps"]
+        and "dataset" not in wildcards.keys()
+    ):
         inputs["exclude"] = f"{R}/overlap/exclude_from_pretraining.csv"
     return inputs
 
 
 def split_args(wildcards, input):
-    dss = task_datasets(wildcards.task)
+    dss = split_datasets(wildcards)
     args = ["--manifest"] + [f"{d}={m}" for d, m in zip(dss, input.manifests)]
     args += ["--qc"] + [f"{d}={m}" for d, m in zip(dss, input.qc)]
     args += ["--preprocessed"] + [f"{d}={R}/preprocessed/{d}" for d in dss]
@@ -91,6 +105,11 @@ def init_checkpoint(wildcards):
             f"{R}/pretrain/{fcfg.PRETRAINED_INITS[wildcards.init]}/model.safetensors"
         ]
     return []
+
+
+def task_json(wildcards):
+    """Task definition without external sets: what a training or evaluation job depends on."""
+    return q(fcfg.task_spec(config, wildcards.task, external=False))
 
 
 def init_cli(wildcards):

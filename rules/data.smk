@@ -111,7 +111,14 @@ rule split:
     conda:
         "../envs/fundusfm.yaml"
     params:
-        task=lambda wc: q(fcfg.task_spec(config, wc.task)),
+        task=split_spec,
         args=split_args,
     shell:
         "fundusfm split --task-json {params.task} {params.args} --out {output} > {log} 2>&1"
+
+
+use rule split as split_external with:
+    output:
+        f"{R}/splits/{{task}}/external_{{dataset}}.csv",
+    log:
+        f"{R}/logs/split/{{task}}/external_{{dataset}}.log",

@@ -14,7 +14,7 @@ rule evaluate:
     conda:
         "../envs/fundusfm.yaml"
     params:
-        task=lambda wc: q(fcfg.task_spec(config, wc.task)),
+        task=task_json,
         meta=lambda wc: q(
             dict(
                 task=wc.task,

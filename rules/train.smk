@@ -59,7 +59,7 @@ rule finetune:
     resources:
         gpu=GPUS_PER_JOB,
     params:
-        task=lambda wc: q(fcfg.task_spec(config, wc.task)),
+        task=task_json,
         hparams=lambda wc: q(fcfg.hparams(config, wc.task)),
         init=init_cli,
         out=f"{R}/finetune/{{task}}/{{init}}/fold{{fold}}/frac{{fraction}}/seed{{seed}}",
@@ -74,7 +74,7 @@ rule predict_external:
     """Predict an external evaluation set with a fine-tuned model (no retraining when
     an external set is added)."""
     input:
-        table=f"{R}/splits/{{task}}.csv",
+        table=f"{R}/splits/{{task}}/external_{{dataset}}.csv",
         model=f"{R}/finetune/{{task}}/{{init}}/fold{{fold}}/frac{{fraction}}/seed{{seed}}/model.safetensors",
     output:
         f"{R}/finetune/{{task}}/{{init}}/fold{{fold}}/frac{{fraction}}/seed{{seed}}/predictions_external_{{dataset}}.csv",

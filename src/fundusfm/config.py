@@ -207,15 +207,18 @@ def pretrain_sources(config: dict) -> list[str]:
     return sorted({PRETRAINED_INITS[i] for i in used if i in PRETRAINED_INITS})
 
 
-def task_spec(config: dict, task: str) -> dict:
-    """The task definition passed to the CLI (JSON): labels, type, datasets, split."""
+def task_spec(config: dict, task: str, external: bool = True) -> dict:
+    """The task definition passed to the CLI (JSON): labels, type, datasets, split.
+
+    ``external=False`` leaves the external sets out: what training and the development
+    split depend on, so adding an external set never retrains a task."""
     if task == "pretrain":
         pt = config["pretrain"]
         spec = dict(pt["task"], name="pretrain", datasets=list(pt["datasets"]), external=[], split=pt["split"])
         spec["split"] = dict({"seed": pt["seed"]}, **spec["split"])
         return spec
     t = config["tasks"][task]
-    keys = ("type", "label", "classes", "labels", "datasets", "external", "split")
+    keys = ("type", "label", "classes", "labels", "datasets", "split") + (("external",) if external else ())
     return dict({k: t[k] for k in keys if k in t}, name=task)
 
 
