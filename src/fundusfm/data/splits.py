@@ -164,7 +164,7 @@ def assign_roles(df: pd.DataFrame, task: dict, spec: SplitSpec) -> pd.DataFrame:
     for c in fold_cols:
         df[c] = "excluded"
         df.loc[is_ext & (reason == ""), c] = "external"
-    if not task.get("datasets"):
+    if task.get("datasets", None) == []:
         return df  # an external-only table: every usable image is 'external'
     if dev_df.empty:
         raise ValueError(f"task {task.get('name', '?')!r} has no usable development images")
