@@ -9,22 +9,25 @@ min_version("9.0")
 
 
 # The demo config unless --configfile names another (Snakemake would merge the two).
-if not config:
+if not workflow.overwrite_configfiles:
 
     configfile: "config/config.yaml"
-
 
 
 report: "workflow/report/workflow.rst"
 
 
 include: "rules/common.smk"
+include: "rules/tracking.smk"
 include: "rules/data.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
+include: "rules/release.smk"
 
 
 rule all:
     default_target: True
     input:
         all_targets(),
+        mlflow_targets(),
+        release_targets(),

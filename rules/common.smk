@@ -1,6 +1,7 @@
 # Config validation and the named input/param functions every rule uses.
 import shlex
 import sys
+from types import SimpleNamespace
 
 from fundusfm import config as fcfg
 
@@ -160,3 +161,106 @@ def synth_cli(wildcards):
         if key in s:
             args += [flag, str(s[key])]
     return " ".join(shlex.quote(a) for a in args)
+
+
+# ---- MLflow (rules/tracking.smk)
+
+
+def mlflow_enabled():
+    return bool(config.get("mlflow", {}).get("enabled", True))
+
+
+def mlflow_uri_arg():
+    """--tracking-uri from the config (MLFLOW_TRACKING_URI in the environment wins)."""
+    uri = config.get("mlflow", {}).get("tracking_uri")
+    return f"--tracking-uri {shlex.quote(uri)}" if uri else ""
+
+
+def mlflow_experiment_input(wildcards):
+    """Training jobs start after the experiment exists. ancient(): setting it up again
+    (another tracking URI, say) never re-runs training."""
+    return ancient(f"{R}/mlflow/experiment.json")
+
+
+def mlflow_training_outputs(wildcards=None):
+    """model.json of every training job (written last: the job finished)."""
+    return [f"{R}/pretrain/{s}/model.json" for s in SOURCES] + [
+        f"{R}/finetune/{r.path}/model.json" for r in RUNS
+    ]
+
+
+def mlflow_metrics(wildcards=None):
+    """Every metrics JSON of the study (all tasks)."""
+    return [m for t in TASKS for m in task_metrics(SimpleNamespace(task=t))]
+
+
+def mlflow_config_json(wildcards):
+    """The resolved study config (parent-run params, dataset lists, expected jobs)."""
+    return q(config)
+
+
+def mlflow_targets():
+    return [f"{R}/mlflow/sync.json"] if mlflow_enabled() else []
+
+
+# ---- release (rules/release.smk)
+
+
+def release_run_dir():
+    """Training output that is released (see the header of this file)."""
+    rel = config.get("release", {})
+    task = rel.get("task")
+    if not task:
+        return f"{R}/pretrain/{'imagenet' if 'imagenet' in SOURCES else 'random'}"
+    if task not in config["tasks"]:
+        raise ValueError(
+            f"release.task: unknown task {task!r} (known: {', '.join(TASKS)})"
+        )
+    init = rel.get("init") or config["tasks"][task]["inits"][-1]
+    runs = [r for r in fcfg.runs(config, task) if r.init == init]
+    if not runs:
+        raise ValueError(
+            f"release.init: task {task!r} has no init {init!r} "
+            f"(its inits: {config['tasks'][task]['inits']})"
+        )
+    # the largest label fraction, then the first fold and seed
+    best = sorted(runs, key=lambda r: (-float(r.fraction), r.fold, r.seed))[0]
+    return f"{R}/finetune/{best.path}"
+
+
+def release_cli():
+    rel = config.get("release", {})
+    args = [
+        "--run-dir",
+        release_run_dir(),
+        "--results",
+        R,
+        "--out",
+        f"{R}/release",
+        "--licence",
+        rel.get("licence", "CC-BY-NC-4.0"),
+        "--study",
+        config.get("study", "fundusfm"),
+        "--n-boot",
+        str(config["report"]["n_boot"]),
+        "--seed",
+        str(config["seed"]),
+    ]
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def release_registry_uri():
+    uri = config.get("mlflow", {}).get("tracking_uri")
+    return f"--tracking-uri {shlex.quote(uri)}" if uri else ""
+
+
+def release_targets():
+    targets = [f"{R}/release/config.json"]
+    if config.get("mlflow", {}).get("enabled", True):
+        targets.append(f"{R}/mlflow/release.json")
+    return targets
+
+
+def results_dir(wildcards):
+    """The results tree, for CLI options that take the whole tree (--results)."""
+    return R

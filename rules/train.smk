@@ -6,6 +6,7 @@ rule pretrain:
     """Pretrain the backbone on the upstream set, from random or ImageNet weights."""
     input:
         table=f"{R}/splits/pretrain.csv",
+        mlflow=mlflow_experiment_input,
     output:
         model=f"{R}/pretrain/{{source}}/model.safetensors",
         meta=f"{R}/pretrain/{{source}}/model.json",
@@ -26,11 +27,14 @@ rule pretrain:
         hparams=lambda wc: q(fcfg.hparams(config, "pretrain")),
         seed=config["pretrain"]["seed"],
         out=lambda wc: f"{R}/pretrain/{wc.source}",
+        results=results_dir,
     shell:
         "OMP_NUM_THREADS={threads} fundusfm train --table {input.table} --fold 0 --fraction 1 "
         "--seed {params.seed} --task-json {params.task} --hparams-json {params.hparams} "
         "--init {wildcards.source} --init-name {wildcards.source} "
-        "--gpus {resources.gpu} --out {params.out} > {log} 2>&1"
+        "--gpus {resources.gpu} --out {params.out} > {log} 2>&1 "
+        "&& fundusfm sync-mlflow --results {params.results} --experiment-json {input.mlflow} "
+        "--run-dir {params.out} >> {log} 2>&1"
 
 
 rule finetune:
@@ -38,6 +42,7 @@ rule finetune:
     input:
         table=f"{R}/splits/{{task}}.csv",
         init=init_checkpoint,
+        mlflow=mlflow_experiment_input,
     output:
         [
             f"{R}/finetune/{{task}}/{{init}}/fold{{fold}}/frac{{fraction}}/seed{{seed}}/{name}"
@@ -63,11 +68,14 @@ rule finetune:
         hparams=lambda wc: q(fcfg.hparams(config, wc.task)),
         init=init_cli,
         out=f"{R}/finetune/{{task}}/{{init}}/fold{{fold}}/frac{{fraction}}/seed{{seed}}",
+        results=results_dir,
     shell:
         "OMP_NUM_THREADS={threads} fundusfm train --table {input.table} --fold {wildcards.fold} "
         "--fraction {wildcards.fraction} --seed {wildcards.seed} --task-json {params.task} "
         "--hparams-json {params.hparams} {params.init} "
-        "--gpus {resources.gpu} --out {params.out} > {log} 2>&1"
+        "--gpus {resources.gpu} --out {params.out} > {log} 2>&1 "
+        "&& fundusfm sync-mlflow --results {params.results} --experiment-json {input.mlflow} "
+        "--run-dir {params.out} >> {log} 2>&1"
 
 
 rule predict_external:
