@@ -5,3 +5,12 @@ Snakemake workflow whose every rule calls the ``fundusfm`` command line.
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # ``fundusfm.load_model`` without importing torch at ``import fundusfm``
+    if name == "load_model":
+        from fundusfm.release import load_model
+
+        return load_model
+    raise AttributeError(f"module 'fundusfm' has no attribute {name!r}")
