@@ -1,6 +1,5 @@
 """Config validation: typos and dangling references fail before any job runs."""
 
-import copy
 from pathlib import Path
 
 import pytest

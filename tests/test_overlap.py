@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pathlib
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,7 +14,7 @@ from fundusfm.data.cli import overlap_main
 from fundusfm.data.overlap import exclusion_list, find_overlaps, hamming_pairs, hash_qc_table
 
 
-def fake_preprocess(name: str, tmp_path, reject: tuple[str, ...] = ()) -> "Path":
+def fake_preprocess(name: str, tmp_path, reject: tuple[str, ...] = ()) -> "pathlib.Path":
     """A minimal QC table + processed images (square resize), standing in for `fundusfm preprocess`."""
     cfg = fx.build(name, tmp_path / "data" / name)
     manifest, _ = read_dataset(name, cfg)

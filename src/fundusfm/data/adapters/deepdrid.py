@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from fundusfm.data.adapters.base import Adapter, Context, find_column, int_or_raw, read_table, require_columns, rows
+from fundusfm.data.adapters.base import Adapter, Context, int_or_raw, read_table, require_columns, rows
 
 MAPPING = {**{f"<eye>_eye_DR_Level={k}": {"dr_grade": k} for k in range(5)},
            "<eye>_eye_DR_Level=5": {"dr_grade": None, "quality": "reject", "note": "assumed: 5 = ungradable"}}
