@@ -8,11 +8,11 @@ STAMP  := $(VENV)/.installed
 CORES  ?= all
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: run test report dry-run lint fmt clean bench
+.PHONY: run test test-integration report dry-run lint fmt clean bench
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q -e '.[test]'
+	$(PY) -m pip install --disable-pip-version-check -q -e '.[test,dvc]'
 	@touch $(STAMP)
 
 ## run: the whole study on the embedded synthetic demo, then the HTML report
@@ -20,9 +20,13 @@ run: $(STAMP)
 	$(VENV)/bin/snakemake --cores $(CORES) $(SMK)
 	$(VENV)/bin/snakemake --cores 1 --report results/report.html $(SMK)
 
-## test: the test suite (unit tests and an end-to-end Snakemake run on a tiny config)
+## test: the test suite (unit tests and end-to-end Snakemake runs on a tiny config)
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST)
+	$(PY) -m pytest -m "not integration" $(PYTEST)
+
+## test-integration: real services: a single-node SLURM cluster, DVC remotes, an MLflow server
+test-integration: $(STAMP)
+	$(PY) -m pytest -p no:cacheprovider -rs tests/integration $(PYTEST)
 
 report: $(STAMP)
 	$(VENV)/bin/snakemake --cores 1 --report results/report.html $(SMK)
