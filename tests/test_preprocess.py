@@ -195,3 +195,34 @@ def test_gallery_groups_by_reason(tmp_path):
     ])
     out = make_gallery(qc, tmp_path / "g.png", tile=64)
     assert Image.open(out).size[1] >= 2 * 64
+
+
+def test_reduced_jpeg_decode_matches_pillow_and_reduces_odd_sizes(tmp_path):
+    from fundusfm.preprocess.io import read_image
+
+    fundus_on_frame(w=1411, h=1001, diam=900).save(tmp_path / "odd.jpg", quality=95)
+    dec = read_image(tmp_path / "odd.jpg", min_side=200)  # 1/4 keeps the short side >= 200
+    assert dec.image.shape == (251, 353, 3) and (dec.width, dec.height) == (1411, 1001)
+    assert dec.scale == pytest.approx(1411 / 353)
+    with Image.open(tmp_path / "odd.jpg") as im:  # Pillow's own DCT-scaled decode
+        im.draft("RGB", (1411 // 4, 1001 // 4))
+        ref = np.asarray(im.convert("RGB"))
+    assert ref.shape == dec.image.shape
+    assert np.abs(ref.astype(int) - dec.image).max() <= 1
+
+
+@pytest.mark.parametrize("diam", [300, 900])  # reduction < 2 (one warp) and >= 2 (box + warp)
+def test_crop_resize_centres_a_subpixel_disc(diam):
+    from fundusfm.preprocess import crop
+    from fundusfm.preprocess.fov import FOV
+
+    h, w, cx, cy, r = 1000, 1200, 611.3, 497.8, diam / 2
+    yy, xx = np.mgrid[0:h, 0:w]
+    disc = (np.clip(r - np.hypot(xx - cx, yy - cy) + 0.5, 0, 1) * 200).astype(np.uint8)
+    img = np.dstack([disc] * 3)
+    out = crop.crop_resize(img, FOV(True, cx, cy, r), 256)[..., 0].astype(float)
+    ys, xs = np.mgrid[0:256, 0:256]
+    m = out.sum()
+    assert (xs * out).sum() / m == pytest.approx(127.5, abs=0.15)
+    assert (ys * out).sum() / m == pytest.approx(127.5, abs=0.15)
+    assert m / 200 == pytest.approx(np.pi * 128 ** 2, rel=0.01)  # the disc fills the square

@@ -72,8 +72,16 @@ def fit_circle(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
     """Algebraic (Kasa) least-squares circle through points; returns (cx, cy, r)."""
     mx, my = x.mean(), y.mean()  # centre the data for conditioning
     u, v = x - mx, y - my
-    a = np.column_stack([u, v, np.ones_like(u)])
-    c, *_ = np.linalg.lstsq(a, u * u + v * v, rcond=None)
+    # normal equations of [u v 1] c = u^2 + v^2 (3x3, well conditioned once centred):
+    # the same solution as lstsq, without its per-call overhead (this runs ~15x per image)
+    zz = u * u + v * v
+    suu, svv, suv = u @ u, v @ v, u @ v
+    m = np.array([[suu, suv, 0.0], [suv, svv, 0.0], [0.0, 0.0, float(len(u))]])
+    rhs = np.array([u @ zz, v @ zz, zz.sum()])
+    try:
+        c = np.linalg.solve(m, rhs)
+    except np.linalg.LinAlgError:  # collinear points: fall back to the minimum-norm answer
+        c, *_ = np.linalg.lstsq(np.column_stack([u, v, np.ones_like(u)]), zz, rcond=None)
     cx, cy = c[0] / 2, c[1] / 2
     return float(cx + mx), float(cy + my), float(math.sqrt(max(c[2] + cx * cx + cy * cy, 0.0)))
 
@@ -83,12 +91,30 @@ def _geometric_refine(x, y, cx, cy, r, iters=10):
     for _ in range(iters):
         dx, dy = x - p[0], y - p[1]
         d = np.hypot(dx, dy) + 1e-12
-        jac = np.column_stack([-dx / d, -dy / d, -np.ones_like(d)])
-        step, *_ = np.linalg.lstsq(jac, -(d - p[2]), rcond=None)
+        # Gauss-Newton step from the 3x3 normal equations (J^T J) s = -J^T e, J = -[ux uy 1]
+        ux, uy, e = dx / d, dy / d, d - p[2]
+        n = float(len(d))
+        sx, sy = ux.sum(), uy.sum()
+        jtj = np.array([[ux @ ux, ux @ uy, sx], [ux @ uy, uy @ uy, sy], [sx, sy, n]])
+        try:
+            step = np.linalg.solve(jtj, np.array([ux @ e, uy @ e, e.sum()]))
+        except np.linalg.LinAlgError:
+            break
         p += step
         if np.abs(step).max() < 1e-6:
             break
     return float(p[0]), float(p[1]), float(p[2])
+
+
+def _median(a: np.ndarray) -> float:
+    """np.median of a 1-D array, without its generic-axis and NaN-check overhead (this
+    runs a few dozen times per image on ~700 values)."""
+    n = len(a)
+    h = n // 2
+    if n % 2:
+        return float(np.partition(a, h)[h])
+    p = np.partition(a, (h - 1, h))
+    return 0.5 * float(p[h - 1] + p[h])
 
 
 def robust_circle(x: np.ndarray, y: np.ndarray, min_tol: float = 0.75):
@@ -102,8 +128,9 @@ def robust_circle(x: np.ndarray, y: np.ndarray, min_tol: float = 0.75):
     for _ in range(15):
         cx, cy, r = fit_circle(x[keep], y[keep])
         res = np.hypot(x - cx, y - cy) - r
-        med = np.median(res[keep])
-        mad = 1.4826 * np.median(np.abs(res[keep] - med))
+        rk = res[keep]
+        med = _median(rk)
+        mad = 1.4826 * _median(np.abs(rk - med))
         new = np.abs(res - med) < max(3.5 * mad, min_tol)
         if new.sum() < 6 or (new == keep).all():
             break
@@ -126,83 +153,106 @@ def _intensity(img: np.ndarray) -> np.ndarray:
     return cv2.max(cv2.max(ch[0], ch[1]), ch[2])
 
 
-def _coarse(v: np.ndarray):
+def _hist_median(hist: np.ndarray) -> float:
+    """Exact median (mean of the two middle values for an even count) of the integer
+    values counted in ``hist`` — the median of a uint8 array without sorting it."""
+    n = int(hist.sum())
+    c = np.cumsum(hist)
+    lo = int(np.searchsorted(c, (n - 1) // 2 + 1))  # value of rank (n-1)//2 (0-based)
+    hi = int(np.searchsorted(c, n // 2 + 1))  # value of rank n//2
+    return 0.5 * (lo + hi)
+
+
+def _thumbnail(v: np.ndarray) -> tuple[np.ndarray, int]:
+    """~256-px thumbnail by an integer box factor k (exact pixel mapping, OpenCV's fast
+    integer INTER_AREA path); the last < k rows / columns are left out."""
     h, w = v.shape
-    f = max(1.0, max(h, w) / _THUMB)
-    tw, th = max(8, round(w / f)), max(8, round(h / f))
-    t = cv2.resize(v, (tw, th), interpolation=cv2.INTER_AREA) if f > 1 else v.copy()
-    fx, fy = w / tw, h / th
+    k = max(1, int(max(h, w) // _THUMB))
+    if k == 1:
+        return v, 1
+    th, tw = h // k, w // k
+    return cv2.resize(v[: th * k, : tw * k], (tw, th), interpolation=cv2.INTER_AREA), k
+
+
+def _coarse(t: np.ndarray, k: int):
+    """Coarse circle from the thumbnail ``t`` (box factor ``k``), in full-size pixels."""
+    th, tw = t.shape
     otsu, _ = cv2.threshold(t, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    lo = t[t <= otsu]
-    hi = t[t > otsu]
-    if hi.size == 0 or lo.size == 0:
+    hist = np.bincount(t.ravel(), minlength=256)
+    o = int(otsu)
+    if hist[o + 1:].sum() == 0 or hist[: o + 1].sum() == 0:
         return None, "uniform image"
-    bg, fg = float(np.median(lo)), float(np.median(hi))
+    bg, fg = _hist_median(hist[: o + 1]), o + 1 + _hist_median(hist[o + 1:])
     if fg - bg < 12:
         return None, f"no bright disc on a dark background (contrast {fg - bg:.0f})"
     thr = bg + 0.4 * (fg - bg)
-    mask = (t > thr).astype(np.uint8)
-    n, lab, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    if n < 2:
+    _, mask = cv2.threshold(t, math.floor(thr), 1, cv2.THRESH_BINARY)  # t > thr for uint8 t
+    # the outline of the largest bright blob (outer outlines only: holes do not matter)
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    if not contours:
         return None, "no bright region"
-    big = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    comp = (lab == big).astype(np.uint8)
-    contours, _ = cv2.findContours(comp, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    pts = max(contours, key=len)[:, 0, :].astype(np.float64)
+    pts = max(contours, key=cv2.contourArea)[:, 0, :].astype(np.float64)
     inside = (pts[:, 0] > 0) & (pts[:, 1] > 0) & (pts[:, 0] < tw - 1) & (pts[:, 1] < th - 1)
     pts = pts[inside]
     # straight horizontal camera cuts: long runs of outline points on one row; they are
     # not rim, and they bound where rim points can be
     r_est = (pts[:, 0].max() - pts[:, 0].min()) / 2 if len(pts) else 0
     rows, counts = np.unique(pts[:, 1], return_counts=True)
-    flat = rows[counts > max(0.3 * r_est, 8)]
+    # (a circle's own top row is ~2 sqrt(2 r) px long: 26 px at r = 85; stay clear of it)
+    flat = rows[counts > max(0.3 * r_est, 3.0 * math.sqrt(2 * r_est), 8)]
     ymid = (pts[:, 1].max() + pts[:, 1].min()) / 2 if len(pts) else 0
     cut_top = cut_bot = None
     if len(flat):
         tops, bots = flat[flat < ymid], flat[flat > ymid]
         if len(tops):
-            cut_top = fy * (tops.max() + 1.5)
+            cut_top = k * (tops.max() + 1.5)
             pts = pts[pts[:, 1] > tops.max() + 1]
         if len(bots):
-            cut_bot = fy * (bots.min() - 1.5)
+            cut_bot = k * (bots.min() - 1.5)
             pts = pts[pts[:, 1] < bots.min() - 1]
     if len(pts) < 12:
         return None, "no dark border around the image"
     cx, cy, r, keep, _ = robust_circle(pts[:, 0], pts[:, 1], min_tol=1.5)
     # back to full-resolution pixel-centre coordinates
-    return (fx * (cx + 0.5) - 0.5, fy * (cy + 0.5) - 0.5, r * (fx + fy) / 2, bg, fg, cut_top, cut_bot), ""
+    return (k * (cx + 0.5) - 0.5, k * (cy + 0.5) - 0.5, r * k, bg, fg, cut_top, cut_bot), ""
 
 
 def _rim_points(v: np.ndarray, cx: float, cy: float, r: float, bg: float, ray_px: float, step: float):
     """Sub-pixel 50 % crossings on radial profiles around (cx, cy, r).
 
-    One ray per ``ray_px`` pixels of rim, sampled every ``step`` px from 0.86 r to 1.10 r.
-    Returns x, y, theta, inner level, outer level of the rays whose rim lies inside the
-    frame, and the number of rays cast.
+    One ray per ``ray_px`` pixels of rim, sampled every ``step`` px from 0.86 r to 1.10 r
+    (``v``: float32 intensity). Returns x, y, theta, inner level, outer level of the rays
+    whose rim lies inside the frame, and the number of rays cast.
     """
     h, w = v.shape
     n_rays = int(np.clip(2 * math.pi * r / ray_px, 90, 1440))
     th = np.arange(n_rays) * (2 * math.pi / n_rays)
     rr = np.arange(0.86 * r, 1.10 * r, step, dtype=np.float64)
     cos, sin = np.cos(th), np.sin(th)
-    xs = (cx + np.outer(cos, rr)).astype(np.float32)
-    ys = (cy + np.outer(sin, rr)).astype(np.float32)
+    # float32 sample grid built directly (no float64 temporaries: the grid is ~100k points)
+    rr32 = rr.astype(np.float32)
+    xs = cos.astype(np.float32)[:, None] * rr32 + np.float32(cx)
+    ys = sin.astype(np.float32)[:, None] * rr32 + np.float32(cy)
     # off-frame samples read -1 (darker than any background): a rim beyond the frame then
     # shows up as a crossing on the frame border, which is dropped below
     prof = cv2.remap(v, xs, ys, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=-1.0)
-    i_in = (rr >= 0.90 * r) & (rr <= 0.95 * r)
-    i_out = (rr >= 1.045 * r) & (rr <= 1.085 * r)
-    inner = np.median(prof[:, i_in], axis=1)
-    po = prof[:, i_out]
-    outer = np.median(po, axis=1)
+    i_in = np.nonzero((rr >= 0.90 * r) & (rr <= 0.95 * r))[0]
+    i_out = np.nonzero((rr >= 1.045 * r) & (rr <= 1.085 * r))[0]
+    # medians of short windows: np.partition on a contiguous copy is what np.median does,
+    # minus its NaN checks and generic axis handling
+    inner = _row_median(prof[:, i_in[0]:i_in[-1] + 1])
+    po = prof[:, i_out[0]:i_out[-1] + 1]
+    outer = _row_median(po)
     # where the background window leaves the frame, fall back to the global background
-    outer = np.where((po < 0).any(axis=1), bg, outer)
+    outer = np.where(po.min(axis=1) < 0, np.float32(bg), outer)
     level = 0.5 * (inner + outer)
     above = prof >= level[:, None]
     trans = above[:, :-1] & ~above[:, 1:]
-    has = trans.any(axis=1)
     # the outermost above->below transition: the rim, not a dark vessel inside
-    last = trans.shape[1] - 1 - np.argmax(trans[:, ::-1], axis=1)
+    rev = trans[:, ::-1]
+    j = np.argmax(rev, axis=1)
+    has = rev[np.arange(n_rays), j]
+    last = trans.shape[1] - 1 - j
     ok = has & (inner - outer >= 8) & (inner >= 0)
     idx = np.nonzero(ok)[0]
     k = last[idx]
@@ -214,6 +264,16 @@ def _rim_points(v: np.ndarray, cx: float, cy: float, r: float, bg: float, ray_px
     inframe = (x > 1.0) & (y > 1.0) & (x < w - 2.0) & (y < h - 2.0)
     idx = idx[inframe]
     return x[inframe], y[inframe], th[idx], inner[idx], outer[idx], n_rays
+
+
+def _row_median(a: np.ndarray) -> np.ndarray:
+    """Median of each row of a 2-D float array (same value as ``np.median(a, axis=1)``)."""
+    n = a.shape[1]
+    h = n // 2
+    if n % 2:
+        return np.partition(a, h, axis=1)[:, h]
+    p = np.partition(a, (h - 1, h), axis=1)
+    return 0.5 * (p[:, h - 1] + p[:, h])
 
 
 def _cut_edges(v: np.ndarray, cx: float, cy: float, r: float, inner: float, outer: float):
@@ -261,7 +321,8 @@ def detect_fov(img: np.ndarray) -> FOV:
     h, w = v.shape
     if min(h, w) < 32:
         return not_found(f"image too small ({w}x{h})")
-    coarse, why = _coarse(v)
+    thumb, k = _thumbnail(v)
+    coarse, why = _coarse(thumb, k)
     if coarse is None:
         return not_found(why)
     cx, cy, r, bg, fg, cut_top, cut_bot = coarse
@@ -294,14 +355,14 @@ def detect_fov(img: np.ndarray) -> FOV:
     if not (0.15 * min(h, w) <= r <= 0.75 * math.hypot(h, w)):
         return not_found(f"implausible radius {r:.0f} in {w}x{h}")
     # the whole surround, not only the rim, must be dark: a round object (a cup, a plate)
-    # on a bright table has a circular outline too
-    sub = max(1, int(min(h, w) // 256))
-    vs = v[::sub, ::sub]
-    yy, xx = np.ogrid[0:vs.shape[0], 0:vs.shape[1]]
-    outside = (xx * sub - cx) ** 2 + (yy * sub - cy) ** 2 > (1.04 * r) ** 2
+    # on a bright table has a circular outline too. Checked on the thumbnail (~256 px):
+    # plenty of samples, and no pass over the full image.
+    tcx, tcy, tr = (cx + 0.5) / k - 0.5, (cy + 0.5) / k - 0.5, r / k
+    yy, xx = np.ogrid[0:thumb.shape[0], 0:thumb.shape[1]]
+    outside = (xx - tcx) ** 2 + (yy - tcy) ** 2 > (1.04 * tr) ** 2
     n_out = int(outside.sum())
-    if n_out > 0.02 * vs.size:
-        bright = float(np.count_nonzero(vs[outside] > 0.5 * (med_in + med_out)) / n_out)
+    if n_out > 0.02 * thumb.size:
+        bright = float(np.count_nonzero(thumb[outside] > 0.5 * (med_in + med_out)) / n_out)
         if bright > 0.15:
             return not_found(f"surround not dark ({bright:.0%} of the area outside the circle is bright)")
     top, bottom = _cut_edges(v, cx, cy, r, med_in, med_out)

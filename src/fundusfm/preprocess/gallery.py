@@ -8,7 +8,6 @@ import math
 import re
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
@@ -43,7 +42,7 @@ def _thumb(row, root: Path | None, tile: int) -> Image.Image:
         d.line([(0, 0), (tile, tile)], fill=(200, 0, 0), width=3)
         d.line([(0, tile), (tile, 0)], fill=(200, 0, 0), width=3)
         return canvas
-    im = dec.image
+    im = dec.pil()
     s = tile / max(im.size)
     small = im.resize((max(1, round(im.size[0] * s)), max(1, round(im.size[1] * s))), Image.BILINEAR)
     ox, oy = (tile - small.size[0]) // 2, (tile - small.size[1]) // 2

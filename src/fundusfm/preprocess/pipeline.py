@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import sys
 import traceback
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -21,14 +22,14 @@ import numpy as np
 import pandas as pd
 
 from fundusfm.preprocess import crop as _crop
-from fundusfm.preprocess.fov import FOV, detect_fov
+from fundusfm.preprocess.fov import detect_fov
 from fundusfm.preprocess.io import ImageReadError, read_image, write_image
 from fundusfm.preprocess.quality import QUALITY_SIZE, SCORES, QualityThresholds, grade, quality_scores
 
 log = logging.getLogger(__name__)
 
 # Bump when the algorithm changes what it writes: cached results of older code are redone.
-ALGORITHM_VERSION = "1"
+ALGORITHM_VERSION = "2"  # 2: OpenCV decode, area+affine resize
 
 QC_COLUMNS = ["image_id", "path", "status", "reason", "quality", *SCORES,
               "fov_cx", "fov_cy", "fov_r", "fov_top", "fov_bottom", "width", "height", "processed_path"]
@@ -129,7 +130,7 @@ def _process(path, spec: PreprocessSpec, row: dict) -> tuple[dict, np.ndarray | 
         row.update(status="rejected", quality="reject",
                    reason=f"image too small ({dec.width}x{dec.height} < {spec.min_side} px)")
         return row, None
-    fov_d = detect_fov(np.asarray(dec.image))
+    fov_d = detect_fov(dec.image)
     if not fov_d.found:
         row.update(status="rejected", quality="reject", reason=fov_d.reason)
         return row, None
@@ -144,7 +145,7 @@ def _process(path, spec: PreprocessSpec, row: dict) -> tuple[dict, np.ndarray | 
     img = _crop.crop_resize(dec.image, fov_d, size)
     mask = _crop.fov_mask(fov_d, size)
     img = _crop.apply_mask(img, mask)
-    w_d, h_d = dec.image.size
+    h_d, w_d = dec.image.shape[:2]
     coverage = _crop.frame_coverage(fov_d, w_d, h_d)
     scores = quality_scores(img, mask, coverage)
     q, reasons = grade(scores, spec.thresholds)
@@ -209,10 +210,41 @@ def _cached(image_id: str, out_dir: Path, key: str) -> dict | None:
     return row
 
 
-def _init_worker():
+def tune_allocator() -> bool:
+    """Let glibc keep freed image buffers for reuse instead of returning them to the OS.
+
+    Every image allocates the same few buffers (decoded frame, float intensity, crops).
+    With glibc's defaults larger ones can be mmap'ed and unmapped per image, so the image
+    page-faults them in afresh (~2 us per 4 KiB page on VMs). Raising the mmap threshold
+    to its 32 MiB maximum and the trim threshold to 256 MiB keeps them in the heap (a
+    worker then holds on to up to ~256 MiB of freed memory). Measured on a 4288x2848 JPEG:
+    ~4 % more images/s for the whole step (45 -> 47 img/s per core, same minute).
+    No-op (False) off glibc.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        ok = libc.mallopt(m_mmap_threshold, 32 << 20) == 1
+        return bool(libc.mallopt(m_trim_threshold, 256 << 20) == 1 and ok)
+    except (OSError, AttributeError):  # not glibc (musl, ...)
+        return False
+
+
+def init_worker(tune_memory: bool = True) -> None:
+    """Per-process setup of a preprocessing worker (also run in-process for workers=1):
+    one OpenCV thread (parallelism is across images) and :func:`tune_allocator`."""
     import cv2
 
-    cv2.setNumThreads(1)  # parallelism is across images
+    cv2.setNumThreads(1)
+    if tune_memory:
+        tune_allocator()
+
+
+_init_worker = init_worker
 
 
 def preprocess_many(inputs, out_dir, spec: PreprocessSpec | None = None, workers: int = 1,
@@ -263,6 +295,10 @@ def preprocess_many(inputs, out_dir, spec: PreprocessSpec | None = None, workers
         import multiprocessing as mp
 
         ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+        if ctx.get_start_method() == "forkserver":
+            # the server imports this module (numpy, OpenCV, pandas) once; workers fork
+            # from it ready to go instead of each importing everything again
+            ctx.set_forkserver_preload([__name__])
         chunk = max(1, min(16, len(todo) // (workers * 8)))
         with ctx.Pool(workers, initializer=_init_worker) as pool:
             for row in pool.imap_unordered(_work, todo, chunksize=chunk):

@@ -69,19 +69,56 @@ def _inner_mask(mask: np.ndarray) -> np.ndarray:
     return cv2.erode((mask > 127).astype(np.uint8), np.ones((k, k), np.uint8)) > 0
 
 
+_SMALL = 128  # grid of the smooth low-passes (illumination, sharpness reference)
+
+
+class _MaskData:
+    """Everything the scores need from the FOV mask alone (computed once per mask)."""
+
+    def __init__(self, mask: np.ndarray):
+        inner = _inner_mask(mask)
+        self.n = int(inner.sum())
+        self.m8 = inner.astype(np.uint8)
+        self.mf = inner.astype(np.float32)  # masked sums as dot products
+        # illumination: normalised convolution so the black surround does not leak in;
+        # the low-pass is smooth, so it runs on a 4x smaller grid
+        self.ms = cv2.resize(self.mf, (_SMALL, _SMALL), interpolation=cv2.INTER_AREA)
+        self.s = (QUALITY_SIZE / 16) * _SMALL / QUALITY_SIZE
+        self.den = cv2.GaussianBlur(self.ms, (0, 0), self.s)
+        self.valid = self.ms > 0.99
+
+
+_cache: dict[int, tuple[np.ndarray, _MaskData]] = {}
+
+
+def _mask_data(mask: np.ndarray) -> _MaskData:
+    # The uncut disc is one shared read-only array per size (crop.fov_mask): reuse its
+    # derived data; any other mask (cut edges) is computed afresh.
+    if not mask.flags.writeable:
+        hit = _cache.get(id(mask))
+        if hit is not None and hit[0] is mask:
+            return hit[1]
+        md = _MaskData(mask)
+        if len(_cache) >= 16:  # only a few shared masks exist; never grow without bound
+            _cache.clear()
+        _cache[id(mask)] = (mask, md)
+        return md
+    return _MaskData(mask)
+
+
 def quality_scores(img: np.ndarray, mask: np.ndarray, fov_coverage: float = 1.0) -> dict[str, float]:
     """Quality scores of an FOV-centred crop ``img`` (RGB uint8, square) with FOV weights
     ``mask`` (uint8 0..255, same size). Resampled to 512 px when of another size."""
     if img.shape[0] != QUALITY_SIZE:
         img = cv2.resize(img, (QUALITY_SIZE, QUALITY_SIZE), interpolation=cv2.INTER_AREA)
         mask = cv2.resize(mask, (QUALITY_SIZE, QUALITY_SIZE), interpolation=cv2.INTER_AREA)
-    inner = _inner_mask(mask)
-    n = int(inner.sum())
+    md = _mask_data(mask)
+    n = md.n
     if n < 100:
         return {"sharpness": 0.0, "under_exposed": 1.0, "over_exposed": 0.0, "contrast": 0.0,
                 "illumination": 0.0, "fov_coverage": float(fov_coverage)}
     y = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
-    m8 = inner.astype(np.uint8)
+    m8 = md.m8
     r_, g_, b_ = cv2.split(img)
     mx = cv2.max(cv2.max(r_, g_), b_)
     # histograms inside the mask: fractions and percentiles without copying pixels out
@@ -99,21 +136,15 @@ def quality_scores(img: np.ndarray, mask: np.ndarray, fov_coverage: float = 1.0)
     q = QUALITY_SIZE // 4
     g8 = cv2.resize(cv2.GaussianBlur(cv2.resize(g, (q, q), interpolation=cv2.INTER_AREA), (0, 0), 1.94),
                     (QUALITY_SIZE, QUALITY_SIZE), interpolation=cv2.INTER_LINEAR)
-    fine = cv2.mean(cv2.absdiff(g, g1), mask=m8)[0]
-    detail = cv2.mean(cv2.absdiff(g, g8), mask=m8)[0]
+    mf = md.mf.ravel()
+    fine = float(np.dot(cv2.absdiff(g, g1).ravel(), mf)) / n
+    detail = float(np.dot(cv2.absdiff(g, g8).ravel(), mf)) / n
     sharp = fine / detail if detail > 1e-3 else 0.0
 
-    # illumination: normalised convolution so the black surround does not leak in
-    sigma = QUALITY_SIZE / 16
-    m = m8.astype(np.float32)
-    small = 128  # the low-pass is smooth: compute it on a 4x smaller grid
-    ys = cv2.resize(y.astype(np.float32) * m, (small, small), interpolation=cv2.INTER_AREA)
-    ms = cv2.resize(m, (small, small), interpolation=cv2.INTER_AREA)
-    s = sigma * small / QUALITY_SIZE
-    num = cv2.GaussianBlur(ys, (0, 0), s)
-    den = cv2.GaussianBlur(ms, (0, 0), s)
-    valid = ms > 0.99
-    low = num[valid] / np.maximum(den[valid], 1e-6)
+    # illumination: coefficient of variation of the normalised low-pass inside the FOV
+    ys = cv2.resize(cv2.multiply(y, m8, dtype=cv2.CV_32F), (_SMALL, _SMALL), interpolation=cv2.INTER_AREA)
+    num = cv2.GaussianBlur(ys, (0, 0), md.s)
+    low = num[md.valid] / np.maximum(md.den[md.valid], 1e-6)
     illum = float(low.std() / max(low.mean(), 1.0)) if low.size else 0.0
     return {"sharpness": round(sharp, 4), "under_exposed": round(under, 4), "over_exposed": round(over, 4),
             "contrast": round(contrast, 4), "illumination": round(illum, 4),
