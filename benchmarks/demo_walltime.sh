@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Wall time of the demo study (`make run` after setup): a fresh results/ and data/,
 # the environment already installed. Prints seconds and the slowest rules.
-# Usage: bash benchmarks/demo_walltime.sh [extra snakemake args]
+# Usage: [KEEP=1] bash benchmarks/demo_walltime.sh [extra snakemake args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 export PATH="$(pwd)/$VENV/bin:$PATH"
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+# KEEP=1 keeps the study folder for a look at its results and logs
+[ -n "${KEEP:-}" ] && echo "study folder: $work" || trap 'rm -rf "$work"' EXIT
 cp -r Snakefile rules workflow config envs "$work"/
 cd "$work"
 start=$(date +%s.%N)

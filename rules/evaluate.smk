@@ -11,6 +11,8 @@ rule evaluate:
         f"{R}/metrics/{{task}}/{{init}}/fold{{fold}}/frac{{fraction}}/seed{{seed}}/{{evalset}}.json",
     log:
         f"{R}/logs/evaluate/{{task}}/{{init}}/fold{{fold}}/frac{{fraction}}/seed{{seed}}/{{evalset}}.log",
+    benchmark:
+        f"{R}/benchmarks/evaluate/{{task}}/{{init}}/fold{{fold}}/frac{{fraction}}/seed{{seed}}/{{evalset}}.tsv"
     conda:
         "../envs/fundusfm.yaml"
     params:
@@ -48,15 +50,20 @@ rule table:
         tex=f"{R}/tables/{{task}}.tex",
     log:
         f"{R}/logs/table/{{task}}.log",
+    benchmark:
+        f"{R}/benchmarks/table/{{task}}.tsv"
     conda:
         "../envs/fundusfm.yaml"
     params:
         task=lambda wc: q(fcfg.task_spec(config, wc.task)),
         ref=lambda wc: config["tasks"][wc.task]["compare_to"],
+        n_boot=config["report"]["n_boot"],
+        seed=config["seed"],
         prefix=lambda wc: f"{R}/tables/{wc.task}",
     shell:
         "fundusfm table --task {wildcards.task} --task-json {params.task} --metrics {input} "
-        "--compare-to {params.ref} --out-prefix {params.prefix} > {log} 2>&1"
+        "--compare-to {params.ref} --n-boot {params.n_boot} --seed {params.seed} "
+        "--out-prefix {params.prefix} > {log} 2>&1"
 
 
 rule figures:
@@ -73,6 +80,8 @@ rule figures:
         ),
     log:
         f"{R}/logs/figures/{{task}}.log",
+    benchmark:
+        f"{R}/benchmarks/figures/{{task}}.tsv"
     conda:
         "../envs/fundusfm.yaml"
     params:
@@ -97,6 +106,8 @@ rule cam:
         ),
     log:
         f"{R}/logs/cam/{{task}}.log",
+    benchmark:
+        f"{R}/benchmarks/cam/{{task}}.tsv"
     conda:
         "../envs/fundusfm.yaml"
     threads: 1

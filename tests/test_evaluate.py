@@ -230,3 +230,31 @@ def test_figures_are_nonempty_pngs(study, tmp_path):
         p = out / name
         assert p.is_file() and p.stat().st_size > 5000, name
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("task", [
+    {"type": "binary", "label": "y", "classes": ["neg", "pos"]},
+    {"type": "ordinal", "label": "g", "classes": ["0", "1", "2", "3"]},
+    {"type": "multilabel", "labels": ["a", "b", "c"]},
+])
+def test_fast_auroc_of_comparisons_equals_the_reported_metric(task):
+    from fundusfm.evaluate.compare import metric_getter
+    from fundusfm.evaluate.io import task_spec
+    from fundusfm.evaluate.metrics import metrics_from_arrays
+
+    spec = task_spec(task, 't')
+    rng = np.random.default_rng(0)
+    n = 60
+    if spec.kind == "multilabel":
+        y = (rng.random((n, 3)) < 0.4).astype(int)
+        P = np.clip(y * 0.3 + rng.random((n, 3)) * 0.7, 0, 1)
+    else:
+        k = len(task["classes"])
+        y = rng.integers(0, k, n)
+        P = rng.dirichlet(np.ones(k), n) + np.eye(k)[y] * 0.3
+        P /= P.sum(axis=1, keepdims=True)
+    fast = metric_getter(spec, "auroc")
+    assert fast(y, P) == pytest.approx(metrics_from_arrays(y, P, spec)["metrics"]["auroc"], abs=1e-12)
+    # undefined (a class or label absent) is None, as in the reported metrics
+    y_bad = np.zeros_like(y)
+    assert fast(y_bad, P) is None

@@ -127,13 +127,18 @@ def metric_getter(spec: TaskSpec, metric: str = "auroc") -> Callable[[np.ndarray
     """``fn(y, P) -> value`` of one metric of :func:`metrics_from_arrays` (None if undefined)."""
     from fundusfm.evaluate.metrics import binary_auroc
 
-    if spec.kind == "binary" and metric == "auroc":
-        # the hot path of every comparison: skip the other metrics
+    if metric == "auroc":
+        # the hot path of every comparison: only AUROC, not every metric of the task.
+        # Same definition as metrics_from_arrays: binary AUROC, else the unweighted mean
+        # of per-class (one-vs-rest) or per-label AUROCs, undefined if any is undefined.
         def fast(y, P):
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    return float(binary_auroc(y, P[:, 1]))
+                    if spec.kind == "binary":
+                        return float(binary_auroc(y, P[:, 1]))
+                    cols = np.eye(P.shape[1], dtype=int)[y] if spec.kind in ("multiclass", "ordinal") else y
+                    return float(np.mean([binary_auroc(cols[:, c], P[:, c]) for c in range(P.shape[1])]))
             except (Undefined, ValueError):
                 return None
         return fast
