@@ -170,6 +170,12 @@ def mlflow_enabled():
     return bool(config.get("mlflow", {}).get("enabled", True))
 
 
+def mlflow_log_each_job(wildcards):
+    """`true` when each training job logs itself to MLflow as it finishes (shell test)."""
+    m = config.get("mlflow", {})
+    return "true" if m.get("enabled", True) and m.get("log_each_job", True) else "false"
+
+
 def mlflow_uri_arg():
     """--tracking-uri from the config (MLFLOW_TRACKING_URI in the environment wins)."""
     uri = config.get("mlflow", {}).get("tracking_uri")

@@ -28,13 +28,14 @@ rule pretrain:
         seed=config["pretrain"]["seed"],
         out=lambda wc: f"{R}/pretrain/{wc.source}",
         results=results_dir,
+        log_job=mlflow_log_each_job,
     shell:
         "OMP_NUM_THREADS={threads} fundusfm train --table {input.table} --fold 0 --fraction 1 "
         "--seed {params.seed} --task-json {params.task} --hparams-json {params.hparams} "
         "--init {wildcards.source} --init-name {wildcards.source} "
         "--gpus {resources.gpu} --out {params.out} > {log} 2>&1 "
-        "&& fundusfm sync-mlflow --results {params.results} --experiment-json {input.mlflow} "
-        "--run-dir {params.out} >> {log} 2>&1"
+        "&& if {params.log_job}; then fundusfm sync-mlflow --results {params.results} "
+        "--experiment-json {input.mlflow} --run-dir {params.out} >> {log} 2>&1; fi"
 
 
 rule finetune:
@@ -69,13 +70,14 @@ rule finetune:
         init=init_cli,
         out=f"{R}/finetune/{{task}}/{{init}}/fold{{fold}}/frac{{fraction}}/seed{{seed}}",
         results=results_dir,
+        log_job=mlflow_log_each_job,
     shell:
         "OMP_NUM_THREADS={threads} fundusfm train --table {input.table} --fold {wildcards.fold} "
         "--fraction {wildcards.fraction} --seed {wildcards.seed} --task-json {params.task} "
         "--hparams-json {params.hparams} {params.init} "
         "--gpus {resources.gpu} --out {params.out} > {log} 2>&1 "
-        "&& fundusfm sync-mlflow --results {params.results} --experiment-json {input.mlflow} "
-        "--run-dir {params.out} >> {log} 2>&1"
+        "&& if {params.log_job}; then fundusfm sync-mlflow --results {params.results} "
+        "--experiment-json {input.mlflow} --run-dir {params.out} >> {log} 2>&1; fi"
 
 
 rule predict_external:
