@@ -205,6 +205,13 @@ def mlflow_config_json(wildcards):
     return q(config)
 
 
+def mlflow_experiment_json(wildcards):
+    """Only what the experiment itself depends on (study name, tracking settings): editing
+    a task must not redo the experiment, whose output every training job reads; the full
+    config reaches MLflow with the final sync."""
+    return q({"study": config["study"], "mlflow": config["mlflow"]})
+
+
 def mlflow_targets():
     return [f"{R}/mlflow/sync.json"] if mlflow_enabled() else []
 

@@ -14,7 +14,6 @@ rule synth:
         "../envs/fundusfm.yaml"
     threads: 2
     params:
-        synth=lambda wc: config["datasets"][wc.dataset]["synth"],
         args=synth_cli,
         out=lambda wc: f"{config['data_dir']}/{wc.dataset}",
     shell:
@@ -60,14 +59,17 @@ rule preprocess:
     threads: 2
     params:
         root=lambda wc: dataset_root(wc.dataset),
-        pp=lambda wc: config["preprocess"],
+        size=config["preprocess"]["size"],
+        normalise=config["preprocess"]["normalise"],
+        format=config["preprocess"]["format"],
+        max_reject=config["preprocess"]["max_reject_fraction"],
         thresholds=lambda wc: q(config["preprocess"].get("thresholds", {})),
         out=lambda wc: f"{R}/preprocessed/{wc.dataset}",
     shell:
         "fundusfm preprocess --manifest {input.manifest} --root {params.root} "
-        "--out {params.out} --size {params.pp[size]} "
-        "--normalise {params.pp[normalise]} --format {params.pp[format]} "
-        "--max-reject-fraction {params.pp[max_reject_fraction]} --thresholds {params.thresholds} "
+        "--out {params.out} --size {params.size} "
+        "--normalise {params.normalise} --format {params.format} "
+        "--max-reject-fraction {params.max_reject} --thresholds {params.thresholds} "
         "--workers {threads} --gallery {output.gallery} --no-progress > {log} 2>&1"
 
 

@@ -16,7 +16,7 @@ rule mlflow_experiment:
     conda:
         "../envs/fundusfm.yaml"
     params:
-        cfg=mlflow_config_json,
+        cfg=mlflow_experiment_json,
         uri=mlflow_uri_arg(),
         results=results_dir,
     shell:

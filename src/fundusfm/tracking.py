@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from fundusfm.jsonargs import load_json_arg
+
 log = logging.getLogger(__name__)
 
 KEY_TAG = "fundusfm.key"  # identity of a run: the job's folder relative to results/
@@ -752,16 +754,10 @@ def _write_json(path: str | os.PathLike, obj: dict) -> None:
 
 
 def _json_arg(value: str) -> dict:
-    text = value.strip()
-    if not text.startswith("{") and Path(value).is_file():
-        text = Path(value).read_text()
     try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"--config-json: not a JSON object nor a JSON file: {value[:80]!r} ({e})") from None
-    if not isinstance(obj, dict):
-        raise ValueError(f"--config-json: expected a JSON object, got {type(obj).__name__}")
-    return obj
+        return load_json_arg(value)
+    except ValueError as e:
+        raise ValueError(f"--config-json: {e}") from None
 
 
 def _parser() -> argparse.ArgumentParser:

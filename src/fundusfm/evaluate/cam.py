@@ -272,7 +272,9 @@ def run_cam(model_dir, table, fold: int, predictions, out_dir, methods=("gradcam
     if task is None:
         kind = meta["task_type"]
         task = {"type": kind, ("labels" if kind == "multilabel" else "classes"): meta["classes"]}
-    spec = task_spec(task, meta.get("task", {}).get("name") if isinstance(meta.get("task"), dict) else None)
+    # the task's name: recorded with the model, else the task table's (results/splits/<task>.csv)
+    name = meta.get("task", {}).get("name") if isinstance(meta.get("task"), dict) else None
+    spec = task_spec(task, name or Path(table).stem)
     preds = read_predictions(predictions, spec)
     tab = pd.read_csv(table, dtype={"image_id": str, "dataset": str, "patient_id": str}, keep_default_na=False)
     col = f"fold{fold}"

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fundusfm.jsonargs import load_json_arg  # noqa: F401  (re-exported: evaluate's CLI reads it here)
+
 TASK_TYPES = ("binary", "multiclass", "ordinal", "multilabel")
 ID_COLUMNS = ("image_id", "dataset", "patient_id", "eye")
 # rows of a single-label prediction file must sum to 1 within this tolerance
@@ -45,22 +47,6 @@ class TaskSpec:
     @property
     def n_outputs(self) -> int:
         return len(self.names)
-
-
-def load_json_arg(value: str | dict) -> dict:
-    """A CLI JSON argument: an inline JSON object or the path of a JSON file."""
-    if isinstance(value, dict):
-        return dict(value)
-    text = value.strip()
-    if not text.startswith("{") and Path(value).is_file():
-        text = Path(value).read_text()
-    try:
-        out = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"not a JSON object nor a JSON file: {value!r} ({e})") from None
-    if not isinstance(out, dict):
-        raise ValueError(f"expected a JSON object, got {type(out).__name__}: {value!r}")
-    return out
 
 
 def task_spec(task: dict | TaskSpec, name: str | None = None) -> TaskSpec:

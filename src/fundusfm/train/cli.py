@@ -3,25 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import subprocess
 import sys
-from pathlib import Path
+
+from fundusfm.jsonargs import load_json_arg
 
 log = logging.getLogger("fundusfm.train")
 
 
 def _json_arg(text: str) -> dict:
-    """A JSON object given inline or as a path to a .json file."""
+    """A JSON object given inline or as a path to a .json file (argparse type)."""
     try:
-        value = json.loads(Path(text).read_text() if text.endswith(".json") and Path(text).is_file() else text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}: {text[:200]!r}") from exc
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object, got {type(value).__name__}")
-    return value
+        return load_json_arg(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def build_parser() -> argparse.ArgumentParser:
