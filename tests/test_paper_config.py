@@ -6,7 +6,6 @@ read them (on tiny copies of each dataset's layout), and the whole study planned
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import pytest
 import yaml
 
 import fixtures_datasets as fx
+from workflow_helpers import job_stats
 from fundusfm import config as fcfg
 from fundusfm.data.adapters import read_dataset
 from fundusfm.data.split_cli import DERIVED
@@ -162,18 +162,6 @@ def test_retfound_tasks_find_both_classes_in_their_train_split(retfound_fixture)
 
 
 # ------------------------------------------------------------------------------- dry runs
-def planned_jobs(text: str) -> dict[str, int]:
-    """Job counts from a dry run's 'Job stats' table."""
-    assert "Job stats:" in text, text[-3000:]
-    counts = {}
-    for line in text.split("Job stats:")[1].splitlines()[3:]:
-        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
-        if not m:
-            break
-        counts[m.group(1)] = int(m.group(2))
-    return counts
-
-
 def dry_run(cfg: dict, wd: Path) -> dict[str, int]:
     for name in ("Snakefile", "rules", "workflow", "config", "envs"):
         src = REPO / name
@@ -183,7 +171,9 @@ def dry_run(cfg: dict, wd: Path) -> dict[str, int]:
                         "--configfile", "config/study.yaml"], cwd=wd, capture_output=True, text=True,
                        env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-6000:]
-    return planned_jobs(p.stdout + p.stderr)
+    text = p.stdout + p.stderr
+    assert "Job stats:" in text, text[-3000:]
+    return job_stats(text)
 
 
 def expected_jobs(cfg: dict) -> dict[str, int]:

@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from workflow_helpers import job_stats
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -69,19 +70,6 @@ def run(cmd: list[str], cwd: Path, env: dict, timeout: int = 600) -> subprocess.
         raise AssertionError(f"`{' '.join(cmd)}` failed in {cwd} (exit {p.returncode}):\n"
                              f"{p.stdout[-4000:]}\n{p.stderr[-6000:]}\n{tails}")
     return p
-
-
-def job_stats(text: str) -> dict[str, int]:
-    """Job counts from Snakemake's 'Job stats' table (dry run output or run log); {} if none."""
-    if "Job stats:" not in text:
-        return {}
-    counts = {}
-    for line in text.split("Job stats:")[1].splitlines()[3:]:
-        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
-        if not m:
-            break
-        counts[m.group(1)] = int(m.group(2))
-    return counts
 
 
 def dry_run(cwd: Path, env: dict, *args: str) -> dict[str, int]:
