@@ -175,7 +175,8 @@ def assert_mirror_complete(workdir: Path, uri: str) -> dict[str, str]:
     runs = study_runs(client, config["study"])
     # one run per training job, the study's parent run, and the registered release's run
     expected = keys + [f"study:{config['study']}"]
-    if (results / "mlflow" / "release.json").is_file():
+    registry = results / "mlflow" / "release.json"
+    if registry.is_file() and "version" in json.loads(registry.read_text()):  # registered, not {"registered": false}
         expected.append("release")
     assert sorted(runs) == sorted(expected), sorted(runs)
     dups = {k: len(v) for k, v in runs.items() if len(v) != 1}
