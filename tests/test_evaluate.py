@@ -258,3 +258,60 @@ def test_fast_auroc_of_comparisons_equals_the_reported_metric(task):
     # undefined (a class or label absent) is None, as in the reported metrics
     y_bad = np.zeros_like(y)
     assert fast(y_bad, P) is None
+
+
+def test_resampled_auroc_equals_sklearn_on_each_resample():
+    from sklearn.metrics import roc_auc_score
+
+    from fundusfm.evaluate.metrics import resampled_auroc
+
+    rng = np.random.default_rng(3)
+    n = 80
+    y = (rng.random(n) < 0.3).astype(int)
+    s = np.round(rng.random(n) + 0.4 * y, 1)  # rounded: many tied scores, ties across classes
+    W = rng.poisson(1.0, size=(50, n))
+    W[0] = 0
+    W[0, y == 1] = 1  # a resample with positives only: undefined
+    got = resampled_auroc(y, s, W, chunk_elems=7 * n)  # several chunks
+    assert np.isnan(got[0])
+    for b in range(1, len(W)):
+        idx = np.repeat(np.arange(n), W[b])
+        assert got[b] == pytest.approx(roc_auc_score(y[idx], s[idx]), abs=1e-12), b
+    with pytest.raises(ValueError, match="disagree"):
+        resampled_auroc(y, s, W[:, :-1])
+
+
+@pytest.mark.parametrize("kind", ["binary", "ordinal", "multilabel"])
+def test_paired_bootstrap_all_resamples_at_once_equals_the_loop(kind):
+    """The vectorised AUROC path draws the same patients and gives the same answer."""
+    from fundusfm.evaluate.compare import metric_getter, paired_bootstrap_runs
+    from fundusfm.evaluate.io import task_spec
+
+    task = {"binary": {"type": "binary", "label": "y", "classes": ["neg", "pos"]},
+            "ordinal": {"type": "ordinal", "label": "g", "classes": ["0", "1", "2"]},
+            "multilabel": {"type": "multilabel", "labels": ["a", "b"]}}[kind]
+    spec = task_spec(task, "t")
+    rng = np.random.default_rng(1)
+    runs = []
+    for r in range(3):
+        n = 40
+        groups = np.repeat(np.arange(n // 2), 2)  # two eyes per patient
+        if kind == "multilabel":
+            y = (rng.random((n, 2)) < 0.25).astype(int)
+            pa, pb = np.clip(y * 0.4 + rng.random((n, 2)) * 0.6, 0, 1), rng.random((n, 2))
+        else:
+            k = 2 if kind == "binary" else 3
+            y = rng.integers(0, k, n)
+            pa = rng.dirichlet(np.ones(k), n) + np.eye(k)[y] * 0.4
+            pb = rng.dirichlet(np.ones(k), n)
+            pa, pb = pa / pa.sum(1, keepdims=True), pb / pb.sum(1, keepdims=True)
+        runs.append((y, pa, pb, groups))
+    fast = metric_getter(spec, "auroc")
+
+    def slow(y, P):  # the same function without its all-at-once attribute
+        return fast(y, P)
+
+    a = paired_bootstrap_runs(runs, fast, n_boot=200, seed=5)
+    b = paired_bootstrap_runs(runs, slow, n_boot=200, seed=5)
+    assert a["n_valid"] == b["n_valid"] and a["diff"] == pytest.approx(b["diff"])
+    assert a["ci"] == pytest.approx(b["ci"], abs=1e-12) and a["p_value"] == b["p_value"]

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import pandas as pd
+import sklearn
 
 from fundusfm.evaluate.io import TaskSpec, patient_groups, task_spec, to_arrays
 from fundusfm.evaluate.metrics import metrics_from_arrays
@@ -62,17 +63,20 @@ def bootstrap_arrays(
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
     draws: dict[str, list[float]] = {}
     seen: list[str] = list(names or [])
-    for idx in resample_indices(groups, n_boot, seed):
-        vals = metric_fn(y[idx], P[idx])
-        for k, v in vals.items():
-            if names is not None and k not in names:
-                continue
-            if k not in draws:
-                draws[k] = []
-                if k not in seen:
-                    seen.append(k)
-            if v is not None and np.isfinite(v):
-                draws[k].append(float(v))
+    # the arrays were validated when the point estimates were computed: sklearn's
+    # per-call parameter checks would otherwise cost more than the metrics themselves
+    with sklearn.config_context(skip_parameter_validation=True, assume_finite=True):
+        for idx in resample_indices(groups, n_boot, seed):
+            vals = metric_fn(y[idx], P[idx])
+            for k, v in vals.items():
+                if names is not None and k not in names:
+                    continue
+                if k not in draws:
+                    draws[k] = []
+                    if k not in seen:
+                        seen.append(k)
+                if v is not None and np.isfinite(v):
+                    draws[k].append(float(v))
     ci, n_valid = {}, {}
     for k in seen:
         vals = np.asarray(draws.get(k, []), dtype=float)
