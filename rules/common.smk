@@ -21,6 +21,30 @@ SOURCES = fcfg.pretrain_sources(config)
 ALL_INITS = sorted({r.init for r in RUNS})
 
 
+# Scheduling: when ready jobs compete for cores, the data stage and pretraining go
+# first. Every fundus-initialised fine-tune waits for pretraining, which waits for the
+# overlap check over every dataset; started late, that chain leaves cores idle at the
+# end. Priorities only order ready jobs: they never change what runs.
+PRIORITY_PRETRAIN_PATH = 10
+
+
+def external_priority(wildcards):
+    """Runs of tasks with external sets first (fine-tune, external predictions,
+    evaluations): each of them has more work to follow, which then overlaps with the
+    other tasks' fine-tunes instead of trailing at the end."""
+    return len(config["tasks"][wildcards.task]["external"])
+
+
+def half_the_cores(wildcards):
+    """Threads of the long multi-core jobs (synth, preprocess, pretrain): half the cores
+    Snakemake was given (2 when it is not told, as under a cluster executor). The
+    one-thread jobs ready beside them (fine-tunes, evaluations) then keep the other half
+    busy, and a job that wants every core never waits behind a stream of small ones
+    (Snakemake does not hold cores back for it). Override with --set-threads RULE=N."""
+    cores = workflow._cores
+    return max(1, cores // 2) if isinstance(cores, int) else 2
+
+
 def _alt(values):
     return "|".join(re.escape(str(v)) for v in values) or "NO_MATCH"
 

@@ -8,11 +8,10 @@ rule synth:
         labels=f"{config['data_dir']}/{{dataset}}/labels.csv",
     log:
         f"{R}/logs/synth/{{dataset}}.log",
-    benchmark:
-        f"{R}/benchmarks/synth/{{dataset}}.tsv"
+    priority: PRIORITY_PRETRAIN_PATH
     conda:
         "../envs/fundusfm.yaml"
-    threads: 2
+    threads: half_the_cores
     params:
         args=synth_cli,
         out=lambda wc: f"{config['data_dir']}/{wc.dataset}",
@@ -29,6 +28,7 @@ rule ingest:
         report=f"{R}/manifests/{{dataset}}.report.json",
     log:
         f"{R}/logs/ingest/{{dataset}}.log",
+    priority: PRIORITY_PRETRAIN_PATH
     conda:
         "../envs/fundusfm.yaml"
     params:
@@ -52,11 +52,10 @@ rule preprocess:
         ),
     log:
         f"{R}/logs/preprocess/{{dataset}}.log",
-    benchmark:
-        f"{R}/benchmarks/preprocess/{{dataset}}.tsv"
+    priority: PRIORITY_PRETRAIN_PATH
     conda:
         "../envs/fundusfm.yaml"
-    threads: 2
+    threads: half_the_cores
     params:
         root=lambda wc: dataset_root(wc.dataset),
         size=config["preprocess"]["size"],
@@ -82,6 +81,7 @@ rule overlap:
         exclude=f"{R}/overlap/exclude_from_pretraining.csv",
     log:
         f"{R}/logs/overlap.log",
+    priority: PRIORITY_PRETRAIN_PATH
     conda:
         "../envs/fundusfm.yaml"
     params:
@@ -110,6 +110,7 @@ rule split:
         f"{R}/splits/{{task}}.csv",
     log:
         f"{R}/logs/split/{{task}}.log",
+    priority: PRIORITY_PRETRAIN_PATH
     conda:
         "../envs/fundusfm.yaml"
     params:

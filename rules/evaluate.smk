@@ -11,8 +11,7 @@ rule evaluate:
         f"{R}/metrics/{{task}}/{{init}}/fold{{fold}}/frac{{fraction}}/seed{{seed}}/{{evalset}}.json",
     log:
         f"{R}/logs/evaluate/{{task}}/{{init}}/fold{{fold}}/frac{{fraction}}/seed{{seed}}/{{evalset}}.log",
-    benchmark:
-        f"{R}/benchmarks/evaluate/{{task}}/{{init}}/fold{{fold}}/frac{{fraction}}/seed{{seed}}/{{evalset}}.tsv"
+    priority: external_priority
     conda:
         "../envs/fundusfm.yaml"
     params:
@@ -50,8 +49,6 @@ rule table:
         tex=f"{R}/tables/{{task}}.tex",
     log:
         f"{R}/logs/table/{{task}}.log",
-    benchmark:
-        f"{R}/benchmarks/table/{{task}}.tsv"
     conda:
         "../envs/fundusfm.yaml"
     params:
@@ -80,8 +77,6 @@ rule figures:
         ),
     log:
         f"{R}/logs/figures/{{task}}.log",
-    benchmark:
-        f"{R}/benchmarks/figures/{{task}}.tsv"
     conda:
         "../envs/fundusfm.yaml"
     params:
@@ -106,8 +101,6 @@ rule cam:
         ),
     log:
         f"{R}/logs/cam/{{task}}.log",
-    benchmark:
-        f"{R}/benchmarks/cam/{{task}}.tsv"
     conda:
         "../envs/fundusfm.yaml"
     threads: 1

@@ -22,8 +22,6 @@ rule release:
         ),
     log:
         f"{R}/logs/release/export.log",
-    benchmark:
-        f"{R}/benchmarks/release/export.tsv"
     conda:
         "../envs/fundusfm.yaml"
     params:

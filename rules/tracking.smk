@@ -13,6 +13,7 @@ rule mlflow_experiment:
         f"{R}/mlflow/experiment.json",
     log:
         f"{R}/logs/mlflow/experiment.log",
+    priority: PRIORITY_PRETRAIN_PATH
     conda:
         "../envs/fundusfm.yaml"
     params:

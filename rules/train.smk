@@ -15,11 +15,10 @@ rule pretrain:
         test=f"{R}/pretrain/{{source}}/predictions_test.csv",
     log:
         f"{R}/logs/pretrain/{{source}}.log",
-    benchmark:
-        f"{R}/benchmarks/pretrain/{{source}}.tsv"
+    priority: PRIORITY_PRETRAIN_PATH
     conda:
         "../envs/fundusfm.yaml"
-    threads: 2
+    threads: half_the_cores
     resources:
         gpu=GPUS_PER_JOB,
     params:
@@ -57,8 +56,7 @@ rule finetune:
         ],
     log:
         f"{R}/logs/finetune/{{task}}/{{init}}/fold{{fold}}/frac{{fraction}}/seed{{seed}}.log",
-    benchmark:
-        f"{R}/benchmarks/finetune/{{task}}/{{init}}/fold{{fold}}/frac{{fraction}}/seed{{seed}}.tsv"
+    priority: external_priority
     conda:
         "../envs/fundusfm.yaml"
     threads: 1
@@ -90,6 +88,7 @@ rule predict_external:
         f"{R}/finetune/{{task}}/{{init}}/fold{{fold}}/frac{{fraction}}/seed{{seed}}/predictions_external_{{dataset}}.csv",
     log:
         f"{R}/logs/predict_external/{{task}}/{{init}}/fold{{fold}}/frac{{fraction}}/seed{{seed}}/{{dataset}}.log",
+    priority: external_priority
     conda:
         "../envs/fundusfm.yaml"
     threads: 1
@@ -98,4 +97,4 @@ rule predict_external:
     shell:
         "OMP_NUM_THREADS={threads} fundusfm infer --model-dir $(dirname {input.model}) "
         "--table {input.table} --fold {wildcards.fold} --dataset {wildcards.dataset} "
-        "--out {output} > {log} 2>&1"
+        "--gpus {resources.gpu} --out {output} > {log} 2>&1"

@@ -88,6 +88,8 @@ def slurm_env(cluster: SlurmCluster) -> dict:
         FUNDUSFM_SLURM_CPU_PARTITION=cluster.partition,
         FUNDUSFM_SLURM_ACCOUNT=cluster.account,
         FUNDUSFM_SLURM_CONSTRAINT=cluster.features,
+        # the local run's training threads (--cores 2: one each), so the results can match
+        FUNDUSFM_SLURM_TRAIN_CPUS="1",
     )
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fundusfm.models.io import resolve_device  # re-exported: release callers use it here
 from fundusfm.preprocess.pipeline import PreprocessSpec, process_image
 
 CONFIG_FILE = "config.json"
@@ -126,16 +127,6 @@ class ReleasedModel:
             row, x = self.preprocess(p)
             out.append((row, None if x is None else self.predict(x[None])[0]))
         return out
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda requested but no CUDA device is available")
-    return dev
 
 
 def load_model(release_dir: str | Path, device: str | torch.device = "cpu", verify: bool = True) -> ReleasedModel:

@@ -245,3 +245,22 @@ class GpuAugment:
         gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
         x = (x - gray) * fac(a["saturation"]) + gray
         return x.clamp_(0, 1)
+
+
+def read_task_table(path: str, fold: int) -> tuple[pd.DataFrame, str]:
+    """The task table and its fold column name; errors name the file and the key."""
+    df = pd.read_csv(path, dtype={"image_id": str, "patient_id": str, "dataset": str, "eye": str},
+                     keep_default_na=True)
+    col = f"fold{fold}"
+    need = ["dataset", "image_id", "patient_id", "image", col]
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise KeyError(f"{path}: column(s) {missing} missing (have {list(df.columns)})")
+    roles = {"train", "val", "test", "external", "excluded"}
+    bad = ~df[col].isin(roles)
+    if bad.any():
+        r = int(np.flatnonzero(bad.to_numpy())[0])
+        raise ValueError(f"{path}: row {r} column {col!r}: role {df[col].iloc[r]!r} not in {sorted(roles)}")
+    if "eye" not in df.columns:
+        df["eye"] = "U"
+    return df, col

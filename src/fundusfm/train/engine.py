@@ -44,6 +44,7 @@ from fundusfm.train.data import (
     ShardBatchSampler,
     encode_targets,
     mix_seed,
+    read_task_table,  # part of the engine's API; lives with the data code
     sample_weights,
     train_transform,
 )
@@ -88,25 +89,6 @@ class RunSpec:
 
 
 # ----------------------------------------------------------------------------- data
-
-
-def read_task_table(path: str, fold: int) -> tuple[pd.DataFrame, str]:
-    """The task table and its fold column name; errors name the file and the key."""
-    df = pd.read_csv(path, dtype={"image_id": str, "patient_id": str, "dataset": str, "eye": str},
-                     keep_default_na=True)
-    col = f"fold{fold}"
-    need = ["dataset", "image_id", "patient_id", "image", col]
-    missing = [c for c in need if c not in df.columns]
-    if missing:
-        raise KeyError(f"{path}: column(s) {missing} missing (have {list(df.columns)})")
-    roles = {"train", "val", "test", "external", "excluded"}
-    bad = ~df[col].isin(roles)
-    if bad.any():
-        r = int(np.flatnonzero(bad.to_numpy())[0])
-        raise ValueError(f"{path}: row {r} column {col!r}: role {df[col].iloc[r]!r} not in {sorted(roles)}")
-    if "eye" not in df.columns:
-        df["eye"] = "U"
-    return df, col
 
 
 def select_sets(df: pd.DataFrame, col: str, spec: RunSpec) -> dict[str, pd.DataFrame]:
@@ -184,6 +166,7 @@ class Trainer:
 
     def __init__(self, spec: RunSpec):
         self.spec, self.hp, self.task = spec, spec.hparams, spec.task
+        self.t_start = time.time()
         self.out = Path(spec.out)
         self.resume_dir = self.out / RESUME_DIR
         self.rank, self.world, self.local_rank = _dist_info()
@@ -295,7 +278,9 @@ class Trainer:
         hp, spec = self.hp, self.spec
         workers = spec.workers
         if workers is None:
-            workers = min(8, (os.cpu_count() or 1) // max(1, self.world)) if self.cuda else 0
+            # the CPUs this process may use (a SLURM allocation, taskset), not the node's
+            cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            workers = min(8, cpus // max(1, self.world)) if self.cuda else 0
         self.workers = workers
         local_bs = max(1, hp["batch_size"] // self.world)
         self.eval_bs = hp["eval_batch_size"] or 2 * local_bs
@@ -516,7 +501,8 @@ class Trainer:
         }
         config = {**spec.fingerprint(), "device": str(self.device), "workers": self.workers,
                   "world_size": self.world, "n_images": {k: len(v) for k, v in self.sets.items()},
-                  "versions": {"torch": torch.__version__, "timm": timm.__version__}}
+                  "versions": {"torch": torch.__version__, "timm": timm.__version__},
+                  "resources": self.resources()}
         hist = pd.DataFrame(self.history)
         writes = [(f"predictions_{k}.csv", lambda p, d=d: d.to_csv(p, index=False)) for k, d in preds.items()]
         writes += [
@@ -533,6 +519,18 @@ class Trainer:
             tmps.append((tmp, self.out / fname))
         for tmp, final in tmps:
             os.replace(tmp, final)
+
+    def resources(self) -> dict:
+        """What this run used, to size cluster requests: wall and CPU seconds of this
+        process, its peak RSS and (CUDA) its peak GPU memory. Loader workers not included."""
+        import resource
+
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        rec = {"wall_s": round(time.time() - self.t_start, 1), "cpu_s": round(ru.ru_utime + ru.ru_stime, 1),
+               "max_rss_mb": round(ru.ru_maxrss / 1024, 1)}  # Linux reports kB
+        if self.cuda:
+            rec["max_gpu_mem_mb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
+        return rec
 
     # -- main ------------------------------------------------------------------------------------
 
@@ -611,8 +609,8 @@ class Trainer:
             dist.barrier()
         if self.rank == 0:
             shutil.rmtree(self.resume_dir, ignore_errors=True)
-        log.info("finished: best val_%s %.4f at epoch %s; outputs in %s", monitor, self.best or math.nan,
-                 self.best_epoch, self.out)
+        log.info("finished: best val_%s %.4f at epoch %s; outputs in %s; used %s", monitor,
+                 self.best or math.nan, self.best_epoch, self.out, self.resources())
 
 
 def threading_main() -> bool:

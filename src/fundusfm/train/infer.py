@@ -74,24 +74,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset", required=True, help="external dataset (its rows with role 'external')")
     p.add_argument("--out", required=True, help="predictions CSV to write")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="[auto: cuda if present]")
+    p.add_argument("--gpus", type=int, default=None, help="GPUs of this job (0 = CPU, whatever the machine has)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from fundusfm.models import load_trained
-    from fundusfm.train.data import encode_targets
-    from fundusfm.train.engine import read_task_table
+    # no training engine here (its imports cost seconds per job): models + data code only
+    from fundusfm.models.io import load_trained, resolve_device
+    from fundusfm.train.data import encode_targets, read_task_table
 
-    model, meta = load_trained(a.model_dir, a.device)
+    device = torch.device("cpu") if a.gpus == 0 else resolve_device(a.device)
+    model, meta = load_trained(a.model_dir, device)
     task = TaskSpec.from_dict(meta["task"])
     df, col = read_task_table(a.table, a.fold)
     rows = df[(df[col] == "external") & (df["dataset"] == a.dataset)]
     if rows.empty:
         print(f"fundusfm infer: {a.table} has no external rows of dataset {a.dataset!r} in {col}", file=sys.stderr)
         return 1
-    prob = predict_paths(model, meta, rows["image"].tolist(), a.batch_size, a.device)
+    prob = predict_paths(model, meta, rows["image"].tolist(), a.batch_size, device)
     frame = predictions_frame(rows, encode_targets(rows, task, a.table), prob, task)
     tmp = Path(f"{a.out}.tmp{os.getpid()}")
     frame.to_csv(tmp, index=False)
     os.replace(tmp, a.out)
-    log.info("%d predictions of %s -> %s", len(frame), a.dataset, a.out)
+    log.info("%d predictions of %s on %s -> %s", len(frame), a.dataset, device, a.out)
     return 0
