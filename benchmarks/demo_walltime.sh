@@ -37,7 +37,8 @@ for f in glob.glob(".snakemake/metadata/*"):
     except (OSError, ValueError):
         continue
     if d.get("starttime") and d.get("endtime"):
-        jobs[(d["rule"], d["starttime"], d["endtime"])] = d["endtime"] - d["starttime"]
+        # every output file of a job has its own record: one job = one job_hash
+        jobs[(d["rule"], d.get("job_hash"), d.get("shellcmd"))] = d["endtime"] - d["starttime"]
 per_rule, count = collections.defaultdict(float), collections.Counter()
 for (rule, *_), s in jobs.items():
     per_rule[rule] += s

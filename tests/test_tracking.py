@@ -79,6 +79,7 @@ def make_run(results: Path, key: str, epochs: int = 3, offset: float = 0.0, metr
         "hparams": {"arch": "resnet10t", "lr": 0.001, "epochs": epochs, "augment": {"hflip": 0.5, "ratio": [0.9, 1.1]}},
         "fold": ident["fold"], "fraction": float(ident["fraction"]), "seed": ident.get("seed", 0),
         "init": ident["init"], "table": "results/splits/multi.csv",
+        "resources": {"wall_s": 12.5, "cpu_s": 20.0, "max_rss_mb": 900.0},
     }))
     (out / "model.json").write_text(json.dumps({"arch": "resnet10t", "num_classes": 2, "img_size": 48}))
     (out / "model.safetensors").write_bytes(b"\0" * 64)
@@ -184,6 +185,9 @@ def test_sync_logs_one_run_per_job_with_params_tags_metrics_from_files(results, 
         assert run.data.params["hparams.lr"] == str(cfg["hparams"]["lr"])
         assert run.data.params["hparams.augment.ratio"] == "[0.9, 1.1]"
         assert run.data.params["table"] == cfg["table"]
+        # what the job used is a metric (it differs between reruns), never a param
+        assert run.data.metrics["job_max_rss_mb"] == 900.0 and run.data.metrics["job_wall_s"] == 12.5
+        assert not any(k.startswith("resources") for k in run.data.params)
         # per-epoch history, one value per epoch at step=epoch
         with open(results / key / "history.csv") as fh:
             hist = list(csv.DictReader(fh))
@@ -240,7 +244,9 @@ def test_log_run_dir_right_after_training_then_sync_completes_the_same_run(tmp_p
 
     make_run(results, key)  # evaluation writes the metrics JSONs (training files unchanged)
     summary = tracking.sync(results, STUDY, store, None)
-    assert summary["runs"][key] == {"run_id": run_id, "action": "updated", "final_metrics": len(metrics_of(results, key)) + 4}
+    # + 3: job_wall_s, job_cpu_s, job_max_rss_mb from train_config.json's resources
+    assert summary["runs"][key] == {"run_id": run_id, "action": "updated",
+                                    "final_metrics": len(metrics_of(results, key)) + 4 + 3}
     run = client.get_run(run_id)
     assert run.data.metrics["test_auroc"] == pytest.approx(metrics_of(results, key)["test_auroc"])
     assert len(child_runs(client)[key]) == 1

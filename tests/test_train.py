@@ -121,6 +121,9 @@ def test_label_fraction_trains_on_a_patient_subset(tmp_path):
     assert main(args) == 0
     cfg = json.loads((out / "train_config.json").read_text())
     assert 20 <= cfg["n_images"]["train"] < 48 and cfg["fraction"] == 0.5
+    # what the job used, to size cluster requests (no GPU here: no GPU memory entry)
+    used = cfg["resources"]
+    assert used["wall_s"] > 0 and used["cpu_s"] > 0 and used["max_rss_mb"] > 100 and "max_gpu_mem_mb" not in used
 
 
 def test_unlabelled_training_row_is_a_clear_error(tmp_path):

@@ -404,7 +404,9 @@ def read_run_dir(
         ident["seed"] = train_config["seed"]
 
     params = {metric_name(k): _param_value(v) for k, v in ident.items()}
-    params.update(flatten_params(train_config))  # the job's own resolved config wins
+    # what the job used (seconds, memory) differs between reruns: metrics, not params
+    used = train_config.get("resources") or {}
+    params.update(flatten_params({k: v for k, v in train_config.items() if k != "resources"}))
     warnings = []
     for k, v in list(params.items()):
         if len(v) > MAX_PARAM_VAL_LENGTH:
@@ -416,6 +418,7 @@ def read_run_dir(
     if metrics_dir is None and ident["kind"] == "finetune":
         metrics_dir = results / "metrics" / key.split("/", 1)[1]
     final, undefined, metric_files = read_metrics_dir(Path(metrics_dir)) if metrics_dir else ({}, {}, [])
+    final.update({f"job_{k}": float(v) for k, v in used.items() if isinstance(v, (int, float))})
 
     predictions = sorted(run_dir.glob("predictions_*.csv"))
     artifacts: list[tuple[Path, str | None]] = []
