@@ -66,3 +66,27 @@ def test_adding_an_external_set_predicts_without_retraining(tiny_study, tmp_path
     jobs = job_stats(run_snakemake(wd, "-n", "--cores", "2").stdout)
     assert jobs.get("predict_external") == 1 and jobs.get("split_external") == 1, jobs
     assert "finetune" not in jobs and "pretrain" not in jobs, jobs
+
+
+def test_a_new_dataset_checked_for_overlaps_first_retrains_nothing(tiny_study, tmp_path):
+    """docs/adding-a-dataset.md: `--until overlap`, then the study. With an unchanged
+    exclusion list (checksums), pretraining and the fine-tunes stay; the new external
+    set is only predicted with the trained models."""
+    wd = tmp_path / "study"
+    shutil.copytree(tiny_study, wd, symlinks=True)
+    model = wd / "results" / "pretrain" / "random" / "model.safetensors"
+    before = model.stat().st_mtime_ns
+    cfg_path = wd / "config" / "config.yaml"
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["datasets"]["ext2"] = {"adapter": "synth", "synth": {"patients": 4, "seed": 9, "defect_rate": 0.0,
+                                                            "non_fundus": 0}}
+    cfg["tasks"]["multi"]["external"] = cfg["tasks"]["multi"]["external"] + ["ext2"]
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    # one plain run would plan pretraining again: it cannot know the overlap result yet
+    assert "pretrain" in job_stats(run_snakemake(wd, "-n", "--cores", "2").stdout)
+    run_snakemake(wd, "--cores", "2", "--until", "overlap")
+    jobs = job_stats(run_snakemake(wd, "-n", "--cores", "2").stdout)
+    n_multi_runs = sum(1 for _ in (wd / "results" / "finetune" / "multi").glob("*/fold*/frac*/seed*"))
+    assert jobs.get("predict_external") == n_multi_runs and jobs.get("split_external") == 1, jobs
+    assert not {"pretrain", "finetune", "split", "overlap"} & set(jobs), jobs
+    assert model.stat().st_mtime_ns == before
