@@ -41,7 +41,10 @@ def half_the_cores(wildcards):
     one-thread jobs ready beside them (fine-tunes, evaluations) then keep the other half
     busy, and a job that wants every core never waits behind a stream of small ones
     (Snakemake does not hold cores back for it). Override with --set-threads RULE=N."""
-    cores = workflow._cores
+    try:
+        cores = workflow.cores
+    except Exception:  # WorkflowError: no core count (cluster executors)
+        cores = None
     return max(1, cores // 2) if isinstance(cores, int) else 2
 
 

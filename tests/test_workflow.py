@@ -1,6 +1,7 @@
 """End-to-end: the real Snakemake workflow on the tiny config, in a copy of the repo."""
 
 import json
+import re
 import shutil
 
 import pandas as pd
@@ -90,3 +91,18 @@ def test_a_new_dataset_checked_for_overlaps_first_retrains_nothing(tiny_study, t
     assert jobs.get("predict_external") == n_multi_runs and jobs.get("split_external") == 1, jobs
     assert not {"pretrain", "finetune", "split", "overlap"} & set(jobs), jobs
     assert model.stat().st_mtime_ns == before
+
+
+def test_pretraining_chain_goes_first_and_long_jobs_take_half_the_cores(tiny_study, tmp_path):
+    """Scheduling: priorities put the data stage and pretraining ahead of fine-tunes;
+    synth / preprocess / pretrain take half of --cores (one-thread jobs fill the rest)."""
+    wd = tmp_path / "study"
+    shutil.copytree(tiny_study, wd, symlinks=True)
+    for cores, threads in (("2", 1), ("8", 4)):
+        out = run_snakemake(wd, "-n", "-p", "--cores", cores, "-R", "pretrain", "preprocess").stdout
+        blocks = {m.group(1): b for b in out.split("\n\n")
+                  if (m := re.search(r"^(?:local)?rule (\w+):", b, re.M))}
+        assert f"OMP_NUM_THREADS={threads} fundusfm train" in blocks["pretrain"], blocks["pretrain"]
+        assert f"--workers {threads} " in blocks["preprocess"], blocks["preprocess"]
+        assert "priority: 10" in blocks["pretrain"] and "priority: 10" in blocks["preprocess"]
+        assert "priority: 10" not in blocks["finetune"]
