@@ -192,19 +192,14 @@ def expected_jobs(cfg: dict) -> dict[str, int]:
 
 
 @pytest.mark.slow
-def test_dry_run_plans_the_full_paper_study(paper_fixture, tmp_path):
-    jobs = dry_run(paper_fixture, tmp_path)
-    want = expected_jobs(paper_fixture)
-    # 6 tasks x 4 inits x 5 folds x 4 label fractions x 3 seeds
-    assert want["finetune"] == 6 * 4 * 5 * 4 * 3
-    for rule, n in want.items():
-        assert jobs.get(rule, 0) == n, (rule, jobs)
-
-
-@pytest.mark.slow
-def test_dry_run_plans_the_retfound_benchmark(retfound_fixture, tmp_path):
-    jobs = dry_run(retfound_fixture, tmp_path)
-    want = expected_jobs(retfound_fixture)
-    assert want["finetune"] == 7 * 4 * 1 * 1 * 5
+@pytest.mark.parametrize("fixture, n_finetune", [
+    ("paper_fixture", 6 * 4 * 5 * 4 * 3),  # tasks x inits x folds x label fractions x seeds
+    ("retfound_fixture", 7 * 4 * 1 * 1 * 5),
+])
+def test_dry_run_plans_the_whole_study(fixture, n_finetune, request, tmp_path):
+    cfg = request.getfixturevalue(fixture)
+    jobs = dry_run(cfg, tmp_path)
+    want = expected_jobs(cfg)
+    assert want["finetune"] == n_finetune
     for rule, n in want.items():
         assert jobs.get(rule, 0) == n, (rule, jobs)

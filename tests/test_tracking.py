@@ -16,6 +16,7 @@ mlflow = pytest.importorskip("mlflow")
 from mlflow import MlflowClient  # noqa: E402
 
 from fundusfm import tracking  # noqa: E402
+from workflow_helpers import expected_final_metrics  # noqa: E402
 
 STUDY = "unit"
 CONFIG = {
@@ -127,20 +128,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def metrics_of(results: Path, key: str) -> dict[str, float]:
-    """Expected final metrics straight from the metrics JSONs."""
-    out = {}
-    for f in sorted((results / "metrics" / key.split("/", 1)[1]).glob("*.json")):
-        rec = json.loads(f.read_text())
-        for m, v in rec["metrics"].items():
-            if v is not None:
-                out[f"{rec['set']}_{m}"] = v
-        for m, b in rec["ci"].items():
-            if b is not None:
-                out[f"{rec['set']}_{m}_lo"], out[f"{rec['set']}_{m}_hi"] = b
-    return out
-
-
 # ---------------------------------------------------------------------------- tests
 
 
@@ -203,7 +190,7 @@ def test_sync_logs_one_run_per_job_with_params_tags_metrics_from_files(results, 
         assert run.data.tags["dataset.down"] == tracking.file_digest(results / "manifests" / "down.csv")
         assert run.data.tags["dataset.ext"] == tracking.file_digest(results / "manifests" / "ext.csv")
         assert run.data.tags["seed"] == "0"
-        expected = metrics_of(results, key)
+        expected = expected_final_metrics(results, key)
         final = {k: v for k, v in run.data.metrics.items() if k.startswith(("test_", "external_ext_"))}
         assert {k: final[k] for k in expected} == expected
         assert "test_kappa" not in final and run.data.tags["undefined.test_kappa"].startswith("only one class")
@@ -246,9 +233,9 @@ def test_log_run_dir_right_after_training_then_sync_completes_the_same_run(tmp_p
     summary = tracking.sync(results, STUDY, store, None)
     # + 3: job_wall_s, job_cpu_s, job_max_rss_mb from train_config.json's resources
     assert summary["runs"][key] == {"run_id": run_id, "action": "updated",
-                                    "final_metrics": len(metrics_of(results, key)) + 4 + 3}
+                                    "final_metrics": len(expected_final_metrics(results, key)) + 4 + 3}
     run = client.get_run(run_id)
-    assert run.data.metrics["test_auroc"] == pytest.approx(metrics_of(results, key)["test_auroc"])
+    assert run.data.metrics["test_auroc"] == pytest.approx(expected_final_metrics(results, key)["test_auroc"])
     assert len(child_runs(client)[key]) == 1
     assert len(client.get_metric_history(run_id, "train_loss")) == 3
 
@@ -280,7 +267,7 @@ def test_unreachable_store_returns_none_quickly_and_a_later_sync_fills_in(result
     runs = child_runs(MlflowClient(store))
     for key in RUN_KEYS[1:]:
         got = runs[key][0].data.metrics
-        assert {k: got[k] for k in metrics_of(results, key)} == metrics_of(results, key)
+        assert {k: got[k] for k in expected_final_metrics(results, key)} == expected_final_metrics(results, key)
 
 
 def test_retrained_job_replaces_its_run(results, store):
@@ -293,7 +280,7 @@ def test_retrained_job_replaces_its_run(results, store):
     runs = child_runs(client)[key]
     assert [r.info.run_id for r in runs] == [second["runs"][key]["run_id"]] != [first["runs"][key]["run_id"]]
     assert len(client.get_metric_history(runs[0].info.run_id, "val_loss")) == 4
-    assert runs[0].data.metrics["test_auroc"] == pytest.approx(metrics_of(results, key)["test_auroc"])
+    assert runs[0].data.metrics["test_auroc"] == pytest.approx(expected_final_metrics(results, key)["test_auroc"])
 
 
 def test_sync_collapses_duplicate_runs_of_a_job(results, store):

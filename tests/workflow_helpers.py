@@ -84,3 +84,22 @@ def opt_out(name: str) -> None:
     var = f"FUNDUSFM_SKIP_{name.upper()}"
     if os.environ.get(var, "") not in ("", "0"):
         pytest.skip(f"{var}={os.environ[var]} (explicit opt-out)")
+
+
+def expected_final_metrics(results: Path, key: str) -> dict[str, float]:
+    """The final metrics a run's MLflow mirror must hold, read straight from its metrics
+    JSONs: ``<set>_<metric>`` and, from the CI, ``<set>_<metric>_lo`` / ``_hi``."""
+    import json
+
+    from fundusfm.tracking import metric_name
+
+    out = {}
+    for f in sorted((results / "metrics" / key.split("/", 1)[1]).glob("*.json")):
+        rec = json.loads(f.read_text())
+        for m, v in rec["metrics"].items():
+            if v is not None:
+                out[metric_name(f"{rec['set']}_{m}")] = v
+        for m, b in rec["ci"].items():
+            if b is not None:
+                out[metric_name(f"{rec['set']}_{m}_lo")], out[metric_name(f"{rec['set']}_{m}_hi")] = b
+    return out

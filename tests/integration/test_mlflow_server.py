@@ -152,19 +152,6 @@ def study_runs(client: MlflowClient, study: str) -> dict[str, list]:
     return out
 
 
-def expected_final_metrics(results: Path, key: str) -> dict[str, float]:
-    out = {}
-    for f in sorted((results / "metrics" / key.split("/", 1)[1]).glob("*.json")):
-        rec = json.loads(f.read_text())
-        for m, v in rec["metrics"].items():
-            if v is not None:
-                out[tracking.metric_name(f"{rec['set']}_{m}")] = v
-        for m, b in (rec.get("ci") or {}).items():
-            if b is not None:
-                out[tracking.metric_name(f"{rec['set']}_{m}_lo")], out[tracking.metric_name(f"{rec['set']}_{m}_hi")] = b
-    return out
-
-
 def assert_mirror_complete(workdir: Path, uri: str) -> dict[str, str]:
     """One finished run per training job under the study's parent run, final metrics
     equal to the metrics JSONs, the full per-epoch history; returns key -> run id."""
@@ -186,7 +173,7 @@ def assert_mirror_complete(workdir: Path, uri: str) -> dict[str, str]:
         run = runs[key][0]
         assert run.info.status == "FINISHED", key
         assert run.data.tags["mlflow.parentRunId"] == parent, key
-        want = expected_final_metrics(results, key)
+        want = workflow_helpers.expected_final_metrics(results, key)
         if key.startswith("finetune/"):
             assert want, f"no metrics JSONs for {key}"
         assert {k: run.data.metrics.get(k) for k in want} == want, key
