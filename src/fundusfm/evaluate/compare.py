@@ -145,13 +145,17 @@ def metric_getter(spec: TaskSpec, metric: str = "auroc") -> Callable[[np.ndarray
         # the hot path of every comparison: only AUROC, not every metric of the task.
         # Same definition as metrics_from_arrays: binary AUROC, else the unweighted mean
         # of per-class (one-vs-rest) or per-label AUROCs, undefined if any is undefined.
+        def truth_columns(y, P):
+            # one 0/1 column per class (one-vs-rest) or per label
+            return np.eye(P.shape[1], dtype=int)[y] if spec.kind in ("multiclass", "ordinal") else y
+
         def fast(y, P):
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     if spec.kind == "binary":
                         return float(binary_auroc(y, P[:, 1]))
-                    cols = np.eye(P.shape[1], dtype=int)[y] if spec.kind in ("multiclass", "ordinal") else y
+                    cols = truth_columns(y, P)
                     return float(np.mean([binary_auroc(cols[:, c], P[:, c]) for c in range(P.shape[1])]))
             except (Undefined, ValueError):
                 return None
@@ -160,7 +164,7 @@ def metric_getter(spec: TaskSpec, metric: str = "auroc") -> Callable[[np.ndarray
             # fast() in every resample (rows of the count matrix W) at once; NaN = None
             if spec.kind == "binary":
                 return resampled_auroc(y, P[:, 1], W)
-            cols = np.eye(P.shape[1], dtype=int)[y] if spec.kind in ("multiclass", "ordinal") else y
+            cols = truth_columns(y, P)
             return np.mean([resampled_auroc(cols[:, c], P[:, c], W) for c in range(P.shape[1])], axis=0)
 
         fast.resampled = resampled

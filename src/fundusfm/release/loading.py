@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fundusfm.models.io import resolve_device  # re-exported: release callers use it here
+from fundusfm.models.io import resolve_device
 from fundusfm.preprocess.pipeline import PreprocessSpec, process_image
 
 CONFIG_FILE = "config.json"

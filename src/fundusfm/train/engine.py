@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from fundusfm.models import create, default_mean_std, load_init
 from fundusfm.models.factory import classifier_name
+from fundusfm.models.io import resolve_device
 from fundusfm.train.config import TaskSpec
 from fundusfm.train.infer import predictions_frame
 from fundusfm.train.data import (
@@ -44,7 +45,7 @@ from fundusfm.train.data import (
     ShardBatchSampler,
     encode_targets,
     mix_seed,
-    read_task_table,  # part of the engine's API; lives with the data code
+    read_task_table,
     sample_weights,
     train_transform,
 )
@@ -138,12 +139,12 @@ def _dist_info() -> tuple[int, int, int]:
 
 
 def pick_device(choice: str, local_rank: int) -> torch.device:
-    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda asked for but CUDA is not available")
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
+    """:func:`~fundusfm.models.io.resolve_device`, on this process's GPU under DDP."""
+    dev = resolve_device(choice)
+    if dev.type != "cuda":
+        return dev
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)
 
 
 def lr_at(step: float, total: float, warmup: float, base: float, floor: float) -> float:
