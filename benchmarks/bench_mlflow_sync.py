@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from fundusfm import tracking
+from fundusfm.tracking import store as tstore
 
 
 def make_tree(results: Path, n_runs: int, epochs: int) -> list[Path]:
@@ -48,19 +48,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         results = Path(tmp) / "results"
         dirs = make_tree(results, args.runs, args.epochs)
-        uri = tracking.tracking_uri(None, results)
+        uri = tstore.tracking_uri(None, results)
         t = time.perf_counter()
-        tracking.ensure_experiment("bench", uri)
+        tstore.ensure_experiment("bench", uri)
         print(f"create store + experiment: {time.perf_counter() - t:.2f} s")
         t = time.perf_counter()
-        s = tracking.sync(results, "bench", uri)
+        s = tstore.sync(results, "bench", uri)
         first = time.perf_counter() - t
         print(f"first sync, {args.runs} runs x {args.epochs} epochs: {first:.2f} s ({first / args.runs * 1000:.0f} ms/run) {s['counts']}")
         t = time.perf_counter()
-        s = tracking.sync(results, "bench", uri)
+        s = tstore.sync(results, "bench", uri)
         print(f"repeated sync (no changes): {time.perf_counter() - t:.2f} s {s['counts']}")
         t = time.perf_counter()
-        tracking.log_run_dir(dirs[0], None, uri, "bench")
+        tstore.log_run_dir(dirs[0], None, uri, "bench")
         print(f"job-level log of an already logged run: {time.perf_counter() - t:.3f} s")
 
 

@@ -1,9 +1,11 @@
 # Config validation and the named input/param functions every rule uses.
+import re
 import shlex
 import sys
 from types import SimpleNamespace
 
 from fundusfm import config as fcfg
+from fundusfm import layout
 
 fcfg.validate(config, source="the Snakemake config")
 
@@ -14,6 +16,8 @@ fcfg.put_cli_on_path(sys.executable)
 GPUS_PER_JOB = int(config.get("gpus_per_job", 1 if fcfg.local_gpu_count() else 0))
 
 R = config["results_dir"]
+# One fine-tuning job's folder below {R}/finetune and {R}/metrics, as wildcards (fundusfm.layout).
+RUN = layout.RUN
 DATASETS = sorted(config["datasets"])
 TASKS = sorted(config["tasks"])
 RUNS = fcfg.runs(config)
@@ -69,6 +73,7 @@ def q(obj):
 
 
 def dataset_root(dataset):
+    """The dataset's folder ('' for a `manifest` dataset, whose CSV names its images)."""
     return config["datasets"][dataset].get("root", "")
 
 
@@ -129,9 +134,8 @@ def split_args(wildcards, input):
 def init_checkpoint(wildcards):
     """Our own pretraining must finish before a fundus-initialised fine-tune starts."""
     if wildcards.init in fcfg.PRETRAINED_INITS:
-        return [
-            f"{R}/pretrain/{fcfg.PRETRAINED_INITS[wildcards.init]}/model.safetensors"
-        ]
+        source = fcfg.PRETRAINED_INITS[wildcards.init]
+        return [f"{layout.pretrain_dir(R, source)}/model.safetensors"]
     return []
 
 
@@ -144,23 +148,17 @@ def init_cli(wildcards):
     return " ".join(shlex.quote(a) for a in fcfg.init_args(config, wildcards.init, R))
 
 
-def run_dirs(task):
-    return [f"{R}/finetune/{r.path}" for r in fcfg.runs(config, task)]
-
-
 def task_metrics(wildcards):
     t = config["tasks"][wildcards.task]
     return [
-        f"{R}/metrics/{r.path}/{s}.json"
+        layout.metrics_json(R, r, s)
         for r in fcfg.runs(config, wildcards.task)
         for s in fcfg.eval_sets(t)
     ]
 
 
 def task_test_metrics(wildcards):
-    return [
-        f"{R}/metrics/{r.path}/test.json" for r in fcfg.runs(config, wildcards.task)
-    ]
+    return [layout.metrics_json(R, r, "test") for r in fcfg.runs(config, wildcards.task)]
 
 
 def all_targets():
@@ -193,19 +191,15 @@ def synth_cli(wildcards):
 # ---- MLflow (rules/tracking.smk)
 
 
-def mlflow_enabled():
-    return bool(config.get("mlflow", {}).get("enabled", True))
-
-
 def mlflow_log_each_job(wildcards):
     """`true` when each training job logs itself to MLflow as it finishes (shell test)."""
-    m = config.get("mlflow", {})
-    return "true" if m.get("enabled", True) and m.get("log_each_job", True) else "false"
+    m = config["mlflow"]
+    return "true" if m["enabled"] and m["log_each_job"] else "false"
 
 
 def mlflow_uri_arg():
     """--tracking-uri from the config (MLFLOW_TRACKING_URI in the environment wins)."""
-    uri = config.get("mlflow", {}).get("tracking_uri")
+    uri = config["mlflow"].get("tracking_uri")
     return f"--tracking-uri {shlex.quote(uri)}" if uri else ""
 
 
@@ -217,8 +211,8 @@ def mlflow_experiment_input(wildcards):
 
 def mlflow_training_outputs(wildcards=None):
     """model.json of every training job (written last: the job finished)."""
-    return [f"{R}/pretrain/{s}/model.json" for s in SOURCES] + [
-        f"{R}/finetune/{r.path}/model.json" for r in RUNS
+    return [f"{layout.pretrain_dir(R, s)}/model.json" for s in SOURCES] + [
+        f"{layout.finetune_dir(R, r)}/model.json" for r in RUNS
     ]
 
 
@@ -240,47 +234,24 @@ def mlflow_experiment_json(wildcards):
 
 
 def mlflow_targets():
-    return [f"{R}/mlflow/sync.json"] if mlflow_enabled() else []
+    return [f"{R}/mlflow/sync.json"] if config["mlflow"]["enabled"] else []
 
 
 # ---- release (rules/release.smk)
 
 
-def release_run_dir():
-    """Training output that is released (see the header of this file)."""
-    rel = config.get("release", {})
-    task = rel.get("task")
-    if not task:
-        return f"{R}/pretrain/{'imagenet' if 'imagenet' in SOURCES else 'random'}"
-    if task not in config["tasks"]:
-        raise ValueError(
-            f"release.task: unknown task {task!r} (known: {', '.join(TASKS)})"
-        )
-    init = rel.get("init") or config["tasks"][task]["inits"][-1]
-    runs = [r for r in fcfg.runs(config, task) if r.init == init]
-    if not runs:
-        raise ValueError(
-            f"release.init: task {task!r} has no init {init!r} "
-            f"(its inits: {config['tasks'][task]['inits']})"
-        )
-    # the largest label fraction, then the first fold and seed
-    best = sorted(runs, key=lambda r: (-float(r.fraction), r.fold, r.seed))[0]
-    return f"{R}/finetune/{best.path}"
-
-
 def release_cli():
-    rel = config.get("release", {})
     args = [
         "--run-dir",
-        release_run_dir(),
+        fcfg.released_run_dir(config),
         "--results",
         R,
         "--out",
         f"{R}/release",
         "--licence",
-        rel.get("licence", "CC-BY-NC-4.0"),
+        config["release"]["licence"],
         "--study",
-        config.get("study", "fundusfm"),
+        config["study"],
         "--n-boot",
         str(config["report"]["n_boot"]),
         "--seed",
@@ -289,14 +260,9 @@ def release_cli():
     return " ".join(shlex.quote(a) for a in args)
 
 
-def release_registry_uri():
-    uri = config.get("mlflow", {}).get("tracking_uri")
-    return f"--tracking-uri {shlex.quote(uri)}" if uri else ""
-
-
 def release_targets():
     targets = [f"{R}/release/config.json"]
-    if config.get("mlflow", {}).get("enabled", True):
+    if config["mlflow"]["enabled"]:
         targets.append(f"{R}/mlflow/release.json")
     return targets
 

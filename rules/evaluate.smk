@@ -5,12 +5,12 @@
 rule evaluate:
     """Metrics of one run on one evaluated set, from its predictions file only."""
     input:
-        pred=f"{R}/finetune/{{task}}/{{init}}/fold{{fold}}/frac{{fraction}}/seed{{seed}}/predictions_{{evalset}}.csv",
-        val=f"{R}/finetune/{{task}}/{{init}}/fold{{fold}}/frac{{fraction}}/seed{{seed}}/predictions_val.csv",
+        pred=f"{R}/finetune/{RUN}/predictions_{{evalset}}.csv",
+        val=f"{R}/finetune/{RUN}/predictions_val.csv",
     output:
-        f"{R}/metrics/{{task}}/{{init}}/fold{{fold}}/frac{{fraction}}/seed{{seed}}/{{evalset}}.json",
+        f"{R}/metrics/{RUN}/{{evalset}}.json",
     log:
-        f"{R}/logs/evaluate/{{task}}/{{init}}/fold{{fold}}/frac{{fraction}}/seed{{seed}}/{{evalset}}.log",
+        f"{R}/logs/evaluate/{RUN}/{{evalset}}.log",
     priority: external_priority
     conda:
         "../envs/fundusfm.yaml"

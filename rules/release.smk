@@ -1,16 +1,17 @@
 # Release: the study's foundation model (pretrain/imagenet when the study pretrains from
 # ImageNet, the paper's best, else pretrain/random) -- or, with config release.task, that
 # task's fine-tuned model -- exported as safetensors + config.json + model card into
-# results/release/, then registered in the MLflow model registry (rule register_release;
-# an unreachable store warns and never fails the study).
+# results/release/ (fundusfm.config.released_run_dir picks it), then registered in the
+# MLflow model registry (rule register_release, after the final sync: both write the
+# store; an unreachable server warns, a locked or broken store fails the job).
 
 
 rule release:
     """Export the released model: weights, timm-style config with the preprocessing
     spec, and the model card with the study's metrics."""
     input:
-        model=f"{release_run_dir()}/model.safetensors",
-        meta=f"{release_run_dir()}/model.json",
+        model=f"{fcfg.released_run_dir(config)}/model.safetensors",
+        meta=f"{fcfg.released_run_dir(config)}/model.json",
         tables=[f"{R}/tables/{t}.csv" for t in TASKS],
         qc=[f"{R}/preprocessed/{d}/qc.csv" for d in DATASETS],
     output:
@@ -36,6 +37,7 @@ rule register_release:
         config=f"{R}/release/config.json",
         weights=f"{R}/release/model.safetensors",
         card=f"{R}/release/README.md",
+        synced=f"{R}/mlflow/sync.json",
     output:
         f"{R}/mlflow/release.json",
     log:
@@ -43,9 +45,9 @@ rule register_release:
     conda:
         "../envs/fundusfm.yaml"
     params:
-        uri=release_registry_uri(),
-        study=shlex.quote(config.get("study", "fundusfm")),
+        uri=mlflow_uri_arg(),
+        study=shlex.quote(config["study"]),
         results=results_dir,
     shell:
-        "fundusfm export --register-only --out {params.results}/release --results {params.results} --study {params.study} "
-        "{params.uri} --registry-json {output} > {log} 2>&1"
+        "fundusfm register --release {params.results}/release --results {params.results} "
+        "--study {params.study} {params.uri} --out {output} > {log} 2>&1"

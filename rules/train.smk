@@ -45,7 +45,7 @@ rule finetune:
         mlflow=mlflow_experiment_input,
     output:
         [
-            f"{R}/finetune/{{task}}/{{init}}/fold{{fold}}/frac{{fraction}}/seed{{seed}}/{name}"
+            f"{R}/finetune/{RUN}/{name}"
             for name in [
                 "model.safetensors",
                 "model.json",
@@ -55,7 +55,7 @@ rule finetune:
             ]
         ],
     log:
-        f"{R}/logs/finetune/{{task}}/{{init}}/fold{{fold}}/frac{{fraction}}/seed{{seed}}.log",
+        f"{R}/logs/finetune/{RUN}.log",
     priority: external_priority
     conda:
         "../envs/fundusfm.yaml"
@@ -66,7 +66,7 @@ rule finetune:
         task=task_json,
         hparams=lambda wc: q(fcfg.hparams(config, wc.task)),
         init=init_cli,
-        out=f"{R}/finetune/{{task}}/{{init}}/fold{{fold}}/frac{{fraction}}/seed{{seed}}",
+        out=f"{R}/finetune/{RUN}",
         results=results_dir,
         log_job=mlflow_log_each_job,
     shell:
@@ -83,11 +83,11 @@ rule predict_external:
     an external set is added)."""
     input:
         table=f"{R}/splits/{{task}}/external_{{dataset}}.csv",
-        model=f"{R}/finetune/{{task}}/{{init}}/fold{{fold}}/frac{{fraction}}/seed{{seed}}/model.safetensors",
+        model=f"{R}/finetune/{RUN}/model.safetensors",
     output:
-        f"{R}/finetune/{{task}}/{{init}}/fold{{fold}}/frac{{fraction}}/seed{{seed}}/predictions_external_{{dataset}}.csv",
+        f"{R}/finetune/{RUN}/predictions_external_{{dataset}}.csv",
     log:
-        f"{R}/logs/predict_external/{{task}}/{{init}}/fold{{fold}}/frac{{fraction}}/seed{{seed}}/{{dataset}}.log",
+        f"{R}/logs/predict_external/{RUN}/{{dataset}}.log",
     priority: external_priority
     conda:
         "../envs/fundusfm.yaml"

@@ -14,7 +14,7 @@ from sklearn import metrics as skm
 from fundusfm.evaluate.aggregate import aggregate_records, aggregate_values
 from fundusfm.evaluate.cli import evaluate_main, figures_main, table_main
 from fundusfm.evaluate.compare import delong_test, paired_auroc_test
-from fundusfm.evaluate.io import PredictionsError
+from fundusfm.task import PredictionsError, TaskSpec
 
 TASK = {"type": "binary", "label": "glaucoma", "classes": ["no", "yes"]}
 SIGNAL = {"random": 0.4, "imagenet": 1.2, "fundus": 2.5}
@@ -239,13 +239,12 @@ def test_figures_are_nonempty_pngs(study, tmp_path):
 ])
 def test_fast_auroc_of_comparisons_equals_the_reported_metric(task):
     from fundusfm.evaluate.compare import metric_getter
-    from fundusfm.evaluate.io import task_spec
     from fundusfm.evaluate.metrics import metrics_from_arrays
 
-    spec = task_spec(task, 't')
+    spec = TaskSpec.from_dict(task, 't')
     rng = np.random.default_rng(0)
     n = 60
-    if spec.kind == "multilabel":
+    if spec.type == "multilabel":
         y = (rng.random((n, 3)) < 0.4).astype(int)
         P = np.clip(y * 0.3 + rng.random((n, 3)) * 0.7, 0, 1)
     else:
@@ -285,12 +284,11 @@ def test_resampled_auroc_equals_sklearn_on_each_resample():
 def test_paired_bootstrap_all_resamples_at_once_equals_the_loop(kind):
     """The vectorised AUROC path draws the same patients and gives the same answer."""
     from fundusfm.evaluate.compare import metric_getter, paired_bootstrap_runs
-    from fundusfm.evaluate.io import task_spec
 
     task = {"binary": {"type": "binary", "label": "y", "classes": ["neg", "pos"]},
             "ordinal": {"type": "ordinal", "label": "g", "classes": ["0", "1", "2"]},
             "multilabel": {"type": "multilabel", "labels": ["a", "b"]}}[kind]
-    spec = task_spec(task, "t")
+    spec = TaskSpec.from_dict(task, "t")
     rng = np.random.default_rng(1)
     runs = []
     for r in range(3):

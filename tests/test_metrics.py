@@ -8,7 +8,7 @@ import pytest
 from sklearn import metrics as skm
 
 from fundusfm.evaluate.bootstrap import patient_bootstrap, resample_indices
-from fundusfm.evaluate.io import PredictionsError, task_spec, validate_predictions
+from fundusfm.task import PredictionsError, TaskSpec, validate_predictions
 from fundusfm.evaluate.metrics import (compute_metrics, expected_calibration_error, metrics_from_arrays,
                                        youden_threshold)
 
@@ -59,7 +59,7 @@ def test_multiclass_matches_sklearn_and_ordinal_kappa():
     y = rng.integers(0, k, n)
     logits = rng.normal(size=(n, k)) + 1.5 * np.eye(k)[y]
     P = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-    spec = task_spec(DR)
+    spec = TaskSpec.from_dict(DR)
     m = metrics_from_arrays(y, P, spec)["metrics"]
     assert m["auroc"] == pytest.approx(skm.roc_auc_score(y, P, multi_class="ovr", average="macro"))
     for c, name in enumerate(spec.names):
@@ -79,7 +79,7 @@ def test_quadratic_kappa_hand_computed():
     P = np.array([[.9, .1, 0], [.2, .8, 0], [.1, .9, 0], [0, 1, 0]])
     # observed O=[[1,1],[0,2]]/4 ; expected from marginals rows (.5,.5) cols (.25,.75)
     # weights (i-j)^2: only off-diagonals weigh 1: kappa = 1 - (0.25) / (.5*.75 + .5*.25) = 0.5
-    m = metrics_from_arrays(y, P, task_spec(DR))
+    m = metrics_from_arrays(y, P, TaskSpec.from_dict(DR))
     assert m["metrics"]["kappa_quadratic"] == pytest.approx(0.5)
     # class g2 never occurs: its AUROC and the macro AUROC are undefined, with reasons
     assert m["metrics"]["auroc:g2"] is None and "only negative" in m["undefined"]["auroc:g2"]
@@ -91,7 +91,7 @@ def test_multilabel_macro_micro_match_sklearn():
     rng = np.random.default_rng(2)
     y = rng.integers(0, 2, size=(40, 2))
     P = np.clip(0.6 * y + rng.uniform(0, 0.5, size=(40, 2)), 0, 1)
-    m = metrics_from_arrays(y, P, task_spec(ML))["metrics"]
+    m = metrics_from_arrays(y, P, TaskSpec.from_dict(ML))["metrics"]
     assert m["auroc"] == pytest.approx(skm.roc_auc_score(y, P, average="macro"))
     assert m["auroc_micro"] == pytest.approx(skm.roc_auc_score(y, P, average="micro"))
     assert m["aupr"] == pytest.approx(skm.average_precision_score(y, P, average="macro"))

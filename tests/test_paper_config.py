@@ -19,8 +19,8 @@ import fixtures_datasets as fx
 from workflow_helpers import job_stats
 from fundusfm import config as fcfg
 from fundusfm.data.adapters import read_dataset
-from fundusfm.data.split_cli import DERIVED
-from fundusfm.data.splits import task_label_columns
+from fundusfm.data.task_table import DERIVED
+from fundusfm.task import TaskSpec
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO / "config" / "paper.yaml"
@@ -85,11 +85,11 @@ def task_labels(man: pd.DataFrame, task: dict) -> pd.DataFrame:
     """The task's label columns as the split step builds them (``dr`` from ``dr_grade``)."""
     man = man.copy()
     for col, (src, fn) in DERIVED.items():
-        if col in task_label_columns(task) and col not in man and src in man:
+        if col in list(TaskSpec.from_dict(task).columns) and col not in man and src in man:
             man[col] = fn(pd.to_numeric(man[src], errors="coerce").astype("Int64"))
-    missing = [c for c in task_label_columns(task) if c not in man]
+    missing = [c for c in list(TaskSpec.from_dict(task).columns) if c not in man]
     assert not missing, f"label column(s) {missing} absent; manifest has {list(man.columns)}"
-    return man[task_label_columns(task)].apply(pd.to_numeric, errors="coerce")
+    return man[list(TaskSpec.from_dict(task).columns)].apply(pd.to_numeric, errors="coerce")
 
 
 # ----------------------------------------------------------------------------- paper.yaml

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from fundusfm.preprocess.cli import main
+from fundusfm.preprocess.cli import preprocess_main as main
 from fundusfm.preprocess.gallery import make_gallery
 from fundusfm.preprocess.pipeline import QC_COLUMNS, PreprocessSpec, TooManyRejects, preprocess_many, process_image
 

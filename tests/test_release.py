@@ -20,7 +20,8 @@ from fundusfm.preprocess.pipeline import PreprocessSpec
 from fundusfm.release import load_model
 from fundusfm.release.export import export
 from fundusfm.release.loading import RELEASE_FILES, ReleaseError
-from fundusfm.release.predict import expand_inputs, main as predict_main
+from fundusfm.release.cli import predict_main
+from fundusfm.release.predict import expand_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 ARCH, IMG, SIZE = "resnet10t", 48, 64
@@ -288,7 +289,7 @@ def test_study_release_card_config_and_registry(study):
     assert mv.tags["fundusfm.weights_sha256"] == ff["files"]["model.safetensors"]["sha256"]
     assert any(k.startswith("study.multi.") for k in mv.tags)
     # registering again reuses the version
-    from fundusfm.release.export import register
+    from fundusfm.tracking.registry import register
 
     again = register(rel, record["name"], uri=f"sqlite:///{study}/results/mlflow.db")
     assert again["version"] == record["version"] and again["created"] is False

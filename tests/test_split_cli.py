@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from fundusfm.data.split_cli import main as split_main
+from fundusfm.data.cli import split_main
 
 
 def write_dataset(tmp_path, name, n_patients=20, qc_status=None):

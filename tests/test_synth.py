@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from fundusfm.synth.adapter import MANIFEST_LABELS, read_manifest
-from fundusfm.synth.cli import main as synth_main
+from fundusfm.synth.cli import synth_main
 from fundusfm.synth.dataset import LABEL_COLUMNS, make_dataset, parse_prevalence, plan_dataset
 from fundusfm.synth.draw import Disease, render_fundus, render_non_fundus, sample_camera
 

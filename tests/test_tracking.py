@@ -15,7 +15,10 @@ import pytest
 mlflow = pytest.importorskip("mlflow")
 from mlflow import MlflowClient  # noqa: E402
 
-from fundusfm import tracking  # noqa: E402
+from fundusfm import layout  # noqa: E402
+from fundusfm.tracking import records
+from fundusfm.tracking import store as tstore  # noqa: E402
+from fundusfm.tracking import cli as tcli  # noqa: E402
 from workflow_helpers import expected_final_metrics  # noqa: E402
 
 STUDY = "unit"
@@ -68,7 +71,7 @@ def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
 def make_run(results: Path, key: str, epochs: int = 3, offset: float = 0.0, metrics: bool = True) -> Path:
     """A finished training folder with the files docs/architecture.md lists, and (for
     fine-tuning) its metrics JSONs. Values depend on the key so runs differ."""
-    ident = tracking.identity_from_key(key)
+    ident = layout.parse_key(key)
     out = results / key
     out.mkdir(parents=True, exist_ok=True)
     base = (len(key) % 7) / 100 + offset
@@ -118,7 +121,7 @@ def child_runs(client: MlflowClient, study: str = STUDY) -> dict[str, list]:
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     out = {}
     for r in runs:
-        out.setdefault(r.data.tags[tracking.KEY_TAG], []).append(r)
+        out.setdefault(r.data.tags[records.KEY_TAG], []).append(r)
     return out
 
 
@@ -132,19 +135,19 @@ def free_port() -> int:
 
 
 def test_tracking_uri_env_wins_then_config_then_sqlite_under_results(tmp_path, monkeypatch):
-    assert tracking.tracking_uri(None, tmp_path / "res") == f"sqlite:///{(tmp_path / 'res').resolve()}/mlflow.db"
-    assert tracking.tracking_uri("http://mlflow:5000", tmp_path) == "http://mlflow:5000"
+    assert tstore.tracking_uri(None, tmp_path / "res") == f"sqlite:///{(tmp_path / 'res').resolve()}/mlflow.db"
+    assert tstore.tracking_uri("http://mlflow:5000", tmp_path) == "http://mlflow:5000"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://env:1")
-    assert tracking.tracking_uri("http://mlflow:5000", tmp_path) == "http://env:1"
+    assert tstore.tracking_uri("http://mlflow:5000", tmp_path) == "http://env:1"
 
 
 def test_redact_uri_hides_password():
-    assert tracking.redact_uri("postgresql://me:secret@db:5432/ml") == "postgresql://me:***@db:5432/ml"
-    assert tracking.redact_uri("sqlite:////a/b.db") == "sqlite:////a/b.db"
+    assert tstore.redact_uri("postgresql://me:secret@db:5432/ml") == "postgresql://me:***@db:5432/ml"
+    assert tstore.redact_uri("sqlite:////a/b.db") == "sqlite:////a/b.db"
 
 
 def test_sync_logs_one_run_per_job_with_params_tags_metrics_from_files(results, store):
-    summary = tracking.sync(results, STUDY, store, CONFIG, summary_path=results / "mlflow" / "sync.json")
+    summary = tstore.sync(results, STUDY, store, CONFIG, summary_path=results / "mlflow" / "sync.json")
     assert summary["ok"] and summary["counts"]["created"] == len(RUN_KEYS)
     assert json.loads((results / "mlflow" / "sync.json").read_text())["counts"] == summary["counts"]
     # the config also asks for frac0.5/random and frac1/fundus, which have no outputs here
@@ -161,7 +164,7 @@ def test_sync_logs_one_run_per_job_with_params_tags_metrics_from_files(results, 
 
     for key in RUN_KEYS:
         run = runs[key][0]
-        ident = tracking.identity_from_key(key)
+        ident = layout.parse_key(key)
         assert run.info.status == "FINISHED"
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         for k in ("task", "init", "fold", "fraction"):
@@ -185,10 +188,10 @@ def test_sync_logs_one_run_per_job_with_params_tags_metrics_from_files(results, 
         assert {"model.json", "history.csv", "train_config.json", "predictions_test.csv"} <= artifacts
         assert "model.safetensors" not in artifacts
         if ident["kind"] == "pretrain":
-            assert run.data.tags["dataset.up"] == tracking.file_digest(results / "manifests" / "up.csv")
+            assert run.data.tags["dataset.up"] == records.file_digest(results / "manifests" / "up.csv")
             continue
-        assert run.data.tags["dataset.down"] == tracking.file_digest(results / "manifests" / "down.csv")
-        assert run.data.tags["dataset.ext"] == tracking.file_digest(results / "manifests" / "ext.csv")
+        assert run.data.tags["dataset.down"] == records.file_digest(results / "manifests" / "down.csv")
+        assert run.data.tags["dataset.ext"] == records.file_digest(results / "manifests" / "ext.csv")
         assert run.data.tags["seed"] == "0"
         expected = expected_final_metrics(results, key)
         final = {k: v for k, v in run.data.metrics.items() if k.startswith(("test_", "external_ext_"))}
@@ -198,10 +201,10 @@ def test_sync_logs_one_run_per_job_with_params_tags_metrics_from_files(results, 
 
 
 def test_sync_twice_changes_nothing_and_an_edited_metric_updates_in_place(results, store):
-    first = tracking.sync(results, STUDY, store, CONFIG)
+    first = tstore.sync(results, STUDY, store, CONFIG)
     client = MlflowClient(store)
     n_runs = sum(len(v) for v in child_runs(client).values())
-    second = tracking.sync(results, STUDY, store, CONFIG)
+    second = tstore.sync(results, STUDY, store, CONFIG)
     assert second["counts"]["unchanged"] == len(RUN_KEYS) and second["counts"]["created"] == 0
     assert {k: v["run_id"] for k, v in second["runs"].items()} == {k: v["run_id"] for k, v in first["runs"].items()}
     assert sum(len(v) for v in child_runs(client).values()) == n_runs
@@ -213,7 +216,7 @@ def test_sync_twice_changes_nothing_and_an_edited_metric_updates_in_place(result
     rec = json.loads(path.read_text())
     rec["metrics"]["auroc"] = 0.99
     path.write_text(json.dumps(rec))
-    third = tracking.sync(results, STUDY, store, CONFIG)
+    third = tstore.sync(results, STUDY, store, CONFIG)
     assert third["runs"][key] == {**first["runs"][key], "action": "updated"}
     assert client.get_run(first["runs"][key]["run_id"]).data.metrics["test_auroc"] == 0.99
     assert sum(len(v) for v in child_runs(client).values()) == n_runs
@@ -223,14 +226,14 @@ def test_log_run_dir_right_after_training_then_sync_completes_the_same_run(tmp_p
     results = tmp_path / "results"
     key = "finetune/multi/random/fold0/frac1/seed0"
     run_dir = make_run(results, key, metrics=False)
-    run_id = tracking.log_run_dir(run_dir, None, store, STUDY)
+    run_id = tstore.log_run_dir(run_dir, None, store, STUDY)
     assert run_id
     client = MlflowClient(store)
     assert not [m for m in client.get_run(run_id).data.metrics if m.startswith("test_")]
-    assert tracking.log_run_dir(run_dir, None, store, STUDY) == run_id  # again: same run
+    assert tstore.log_run_dir(run_dir, None, store, STUDY) == run_id  # again: same run
 
     make_run(results, key)  # evaluation writes the metrics JSONs (training files unchanged)
-    summary = tracking.sync(results, STUDY, store, None)
+    summary = tstore.sync(results, STUDY, store, None)
     # + 3: job_wall_s, job_cpu_s, job_max_rss_mb from train_config.json's resources
     assert summary["runs"][key] == {"run_id": run_id, "action": "updated",
                                     "final_metrics": len(expected_final_metrics(results, key)) + 4 + 3}
@@ -243,26 +246,26 @@ def test_log_run_dir_right_after_training_then_sync_completes_the_same_run(tmp_p
 def test_short_http_settings_are_valid_mlflow_settings(monkeypatch):
     import mlflow.environment_variables as mev
 
-    for name in tracking.HTTP_DEFAULTS:
+    for name in tstore.HTTP_DEFAULTS:
         monkeypatch.delenv(name, raising=False)
-    tracking._quick_http()
-    for name, value in tracking.HTTP_DEFAULTS.items():
+    tstore._quick_http()
+    for name, value in tstore.HTTP_DEFAULTS.items():
         assert str(getattr(mev, name).get()) == value
 
 
 def test_unreachable_store_returns_none_quickly_and_a_later_sync_fills_in(results, store, tmp_path, caplog):
     closed = f"http://127.0.0.1:{free_port()}"
     start = time.monotonic()
-    assert tracking.ensure_experiment(STUDY, closed) is None
-    assert tracking.log_run_dir(results / RUN_KEYS[1], None, closed, STUDY) is None
-    summary = tracking.sync(results, STUDY, closed, CONFIG)
+    assert tstore.ensure_experiment(STUDY, closed) is None
+    assert tstore.log_run_dir(results / RUN_KEYS[1], None, closed, STUDY) is None
+    summary = tstore.sync(results, STUDY, closed, CONFIG)
     assert time.monotonic() - start < 30
     # it failed because nothing listens there (not because of a bad setting of ours)
-    warnings = [r.getMessage() for r in caplog.records if r.name == "fundusfm.tracking"]
+    warnings = [r.getMessage() for r in caplog.records if r.name.startswith("fundusfm.tracking")]
     assert len(warnings) == 3 and all("Connection refused" in w or "NewConnectionError" in w for w in warnings), warnings
     assert not summary["reachable"] and not summary["ok"] and summary["counts"]["failed"] == len(RUN_KEYS)
 
-    later = tracking.sync(results, STUDY, store, CONFIG)
+    later = tstore.sync(results, STUDY, store, CONFIG)
     assert later["ok"] and later["counts"]["created"] == len(RUN_KEYS)
     runs = child_runs(MlflowClient(store))
     for key in RUN_KEYS[1:]:
@@ -271,10 +274,10 @@ def test_unreachable_store_returns_none_quickly_and_a_later_sync_fills_in(result
 
 
 def test_retrained_job_replaces_its_run(results, store):
-    first = tracking.sync(results, STUDY, store, CONFIG)
+    first = tstore.sync(results, STUDY, store, CONFIG)
     key = RUN_KEYS[2]
     make_run(results, key, epochs=4, offset=0.05)  # retrained: new history and metrics
-    second = tracking.sync(results, STUDY, store, CONFIG)
+    second = tstore.sync(results, STUDY, store, CONFIG)
     assert second["runs"][key]["action"] == "replaced"
     client = MlflowClient(store)
     runs = child_runs(client)[key]
@@ -284,18 +287,18 @@ def test_retrained_job_replaces_its_run(results, store):
 
 
 def test_sync_collapses_duplicate_runs_of_a_job(results, store):
-    first = tracking.sync(results, STUDY, store, CONFIG)
+    first = tstore.sync(results, STUDY, store, CONFIG)
     client = MlflowClient(store)
     key = RUN_KEYS[1]
-    client.create_run(first["experiment_id"], tags={tracking.KEY_TAG: key})  # e.g. two jobs that raced
+    client.create_run(first["experiment_id"], tags={records.KEY_TAG: key})  # e.g. two jobs that raced
     assert len(child_runs(client)[key]) == 2
-    tracking.sync(results, STUDY, store, CONFIG)
+    tstore.sync(results, STUDY, store, CONFIG)
     runs = child_runs(client)[key]
     assert [r.info.run_id for r in runs] == [first["runs"][key]["run_id"]]
 
 
 def test_log_model_flag_adds_the_weights(results, store):
-    tracking.sync(results, STUDY, store, CONFIG, log_model=True)
+    tstore.sync(results, STUDY, store, CONFIG, log_model=True)
     client = MlflowClient(store)
     run = child_runs(client)[RUN_KEYS[1]][0]
     assert "model.safetensors" in {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -305,12 +308,12 @@ def test_malformed_metrics_json_is_an_error_naming_the_file(results, store):
     path = results / "metrics" / RUN_KEYS[1].split("/", 1)[1] / "test.json"
     path.write_text(json.dumps({"set": "test", "metrics": [0.5]}))
     with pytest.raises(ValueError, match=r"test\.json: key 'metrics' must be an object"):
-        tracking.sync(results, STUDY, store, CONFIG)
+        tstore.sync(results, STUDY, store, CONFIG)
 
 
 def test_not_a_training_folder_is_named(tmp_path):
     with pytest.raises(ValueError, match="not a training folder"):
-        tracking.run_key(tmp_path / "somewhere")
+        layout.run_key(tmp_path / "somewhere")
 
 
 def test_cli_experiment_record_run_dir_and_sync(results, store, monkeypatch):
@@ -318,24 +321,24 @@ def test_cli_experiment_record_run_dir_and_sync(results, store, monkeypatch):
     closed = f"http://127.0.0.1:{free_port()}"
     cfg = json.dumps(CONFIG)
     # store down: the record is still written, the job-level log still exits 0
-    assert tracking.sync_main(["--results", str(results), "--experiment-only", "--config-json", cfg,
+    assert tcli.sync_mlflow_main(["--results", str(results), "--experiment-only", "--config-json", cfg,
                                "--tracking-uri", closed, "--experiment-json", str(exp_json)]) == 0
     rec = json.loads(exp_json.read_text())
     assert rec["study"] == STUDY and rec["reachable"] is False and rec["experiment_id"] is None
-    assert tracking.sync_main(["--results", str(results), "--run-dir", str(results / RUN_KEYS[1])]) == 0
-    assert tracking.sync_main(["--results", str(results), "--run-dir", str(results / RUN_KEYS[1]), "--strict"]) == 1
+    assert tcli.sync_mlflow_main(["--results", str(results), "--run-dir", str(results / RUN_KEYS[1])]) == 0
+    assert tcli.sync_mlflow_main(["--results", str(results), "--run-dir", str(results / RUN_KEYS[1]), "--strict"]) == 1
 
     # store up (env wins over the recorded config URI)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
-    assert tracking.sync_main(["--results", str(results), "--experiment-only", "--config-json", cfg]) == 0
+    assert tcli.sync_mlflow_main(["--results", str(results), "--experiment-only", "--config-json", cfg]) == 0
     rec = json.loads(exp_json.read_text())
     assert rec["reachable"] and rec["parent_run_id"]
-    assert tracking.sync_main(["--results", str(results), "--run-dir", str(results / RUN_KEYS[1])]) == 0
+    assert tcli.sync_mlflow_main(["--results", str(results), "--run-dir", str(results / RUN_KEYS[1])]) == 0
     client = MlflowClient(store)
     run = child_runs(client)[RUN_KEYS[1]][0]
     assert run.data.tags["mlflow.parentRunId"] == rec["parent_run_id"]
     for _ in range(2):
-        assert tracking.sync_main(["--results", str(results), "--config-json", cfg]) == 0
+        assert tcli.sync_mlflow_main(["--results", str(results), "--config-json", cfg]) == 0
     summary = json.loads((results / "mlflow" / "sync.json").read_text())
     assert summary["ok"] and summary["counts"]["unchanged"] == len(RUN_KEYS)
     assert sum(len(v) for v in child_runs(client).values()) == len(RUN_KEYS) + 1
@@ -344,10 +347,10 @@ def test_cli_experiment_record_run_dir_and_sync(results, store, monkeypatch):
 def test_cli_disabled_config_logs_nothing(results, store, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     cfg = json.dumps({**CONFIG, "mlflow": {"enabled": False}})
-    assert tracking.sync_main(["--results", str(results), "--experiment-only", "--config-json", cfg]) == 0
+    assert tcli.sync_mlflow_main(["--results", str(results), "--experiment-only", "--config-json", cfg]) == 0
     assert json.loads((results / "mlflow" / "experiment.json").read_text())["enabled"] is False
-    assert tracking.sync_main(["--results", str(results), "--run-dir", str(results / RUN_KEYS[1])]) == 0
-    assert tracking.sync_main(["--results", str(results), "--config-json", cfg]) == 0
+    assert tcli.sync_mlflow_main(["--results", str(results), "--run-dir", str(results / RUN_KEYS[1])]) == 0
+    assert tcli.sync_mlflow_main(["--results", str(results), "--config-json", cfg]) == 0
     assert MlflowClient(store).get_experiment_by_name(STUDY) is None
 
 
@@ -355,7 +358,7 @@ def test_cli_disabled_config_logs_nothing(results, store, monkeypatch):
 def test_parallel_jobs_logging_to_one_sqlite_store_do_not_race(results, store):
     """Separate processes (as Snakemake runs jobs) log at once after the experiment exists."""
     env = dict(os.environ, MLFLOW_TRACKING_URI=store, OMP_NUM_THREADS="1")
-    assert tracking.sync_main(["--results", str(results), "--experiment-only", "--study", STUDY]) == 0
+    assert tcli.sync_mlflow_main(["--results", str(results), "--experiment-only", "--study", STUDY]) == 0
     procs = [subprocess.Popen([sys.executable, "-m", "fundusfm.cli", "sync-mlflow", "--results", str(results),
                                "--run-dir", str(results / key), "--strict"], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -364,3 +367,73 @@ def test_parallel_jobs_logging_to_one_sqlite_store_do_not_race(results, store):
     assert [p.returncode for p in procs] == [0] * len(procs), outs
     runs = child_runs(MlflowClient(store))
     assert sorted(runs) == sorted(RUN_KEYS + [f"study:{STUDY}"]) and all(len(v) == 1 for v in runs.values())
+
+
+# ---------------------------------------------------------------------------- a new store met by two jobs at once
+
+
+def _sync_when_released(results: Path, uri: str, barrier, out) -> None:
+    barrier.wait()
+    summary = tstore.sync(results, STUDY, uri, CONFIG)
+    out.put((summary["ok"], summary["store_error"], summary["errors"][:1]))
+
+
+def _two_syncs_at_once(results: Path, uri: str, ctx) -> list:
+    barrier, out = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_sync_when_released, args=(results, uri, barrier, out)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=180)
+    assert [p.exitcode for p in procs] == [0, 0]
+    return [out.get(timeout=5) for _ in procs]
+
+
+@pytest.mark.slow
+def test_two_syncs_on_a_new_sqlite_store_at_once_leave_it_usable_and_record_each_run_once(results, tmp_path):
+    """Issue 16 item 1: MLflow's schema migration of a new SQLite store raced when two jobs
+    met it at once ("table _alembic_tmp_tags already exists" forever after). Forked
+    processes (mlflow already imported, so they start within milliseconds of each other)
+    are released together onto a store that does not exist yet, 20 times."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    for rep in range(20):
+        uri = f"sqlite:///{tmp_path / f'new{rep}' / 'mlflow.db'}"
+        outcomes = _two_syncs_at_once(results, uri, ctx)
+        assert all(ok for ok, _, _ in outcomes), (rep, outcomes)
+        client = MlflowClient(uri)  # usable: a further client reads and writes it
+        runs = child_runs(client)
+        assert sorted(runs) == sorted(RUN_KEYS + [f"study:{STUDY}"]), (rep, sorted(runs))
+        assert all(len(v) == 1 for v in runs.values()), (rep, {k: len(v) for k, v in runs.items()})
+        assert tstore.sync(results, STUDY, uri, CONFIG)["counts"]["created"] == 0
+
+
+def test_a_broken_store_fails_the_sync_but_never_the_training_job(results, tmp_path, caplog):
+    """A local store that cannot be opened is an error of the final sync and of the
+    experiment set-up (exit 1, so Snakemake retries), never of a training job's logging."""
+    db = tmp_path / "broken" / "mlflow.db"
+    db.parent.mkdir()
+    db.write_bytes(b"this is not an SQLite database, " * 64)
+    uri = f"sqlite:///{db}"
+    args = ["--results", str(results), "--tracking-uri", uri, "--study", STUDY]
+    assert tcli.sync_mlflow_main(args + ["--run-dir", str(results / RUN_KEYS[1])]) == 0
+    assert tcli.sync_mlflow_main(args + ["--experiment-only", "--experiment-json", str(tmp_path / "e.json")]) == 1
+    summary_path = tmp_path / "sync.json"
+    assert tcli.sync_mlflow_main(args + ["--summary", str(summary_path)]) == 1
+    summary = json.loads(summary_path.read_text())
+    assert summary["ok"] is False and summary["store_error"] is True
+    assert "is broken" in summary["errors"][0] and str(db) in summary["errors"][0]
+
+
+def test_a_store_that_stays_locked_fails_the_sync(results, store, monkeypatch):
+    monkeypatch.setattr(tstore, "LOCK_TIMEOUT_S", 0.3)
+    import fcntl
+
+    lock = Path(store[len("sqlite:///"):] + ".lock")
+    with open(lock, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # another process's lock: taken on another open file
+        summary = tstore.sync(results, STUDY, store, CONFIG)
+    assert summary["store_error"] is True and not summary["ok"]
+    assert "still held" in summary["errors"][0]
+    assert tstore.sync(results, STUDY, store, CONFIG)["ok"]  # released: the rerun syncs

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_train_helpers import BINARY_TASK, MULTILABEL_TASK, make_task_table, tiny_hparams  # noqa: E402
 
 from fundusfm.models import load_trained  # noqa: E402
-from fundusfm.train.cli import main  # noqa: E402
+from fundusfm.train.cli import train_main as main  # noqa: E402
 from fundusfm.train.config import resolve_hparams  # noqa: E402
 from fundusfm.train.data import EpochBatchSampler, load_image  # noqa: E402
 
@@ -144,7 +144,7 @@ def test_non_finite_loss_names_epoch_and_step(tmp_path):
 
 def _run_cli(args, cwd, **kw):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parents[1] / "src"))
-    return subprocess.Popen([sys.executable, "-m", "fundusfm.train.cli", *args], cwd=cwd, env=env,
+    return subprocess.Popen([sys.executable, "-m", "fundusfm.cli", "train", *args], cwd=cwd, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)
 
 

@@ -91,7 +91,7 @@ def expected_final_metrics(results: Path, key: str) -> dict[str, float]:
     JSONs: ``<set>_<metric>`` and, from the CI, ``<set>_<metric>_lo`` / ``_hi``."""
     import json
 
-    from fundusfm.tracking import metric_name
+    from fundusfm.tracking.records import metric_name
 
     out = {}
     for f in sorted((results / "metrics" / key.split("/", 1)[1]).glob("*.json")):

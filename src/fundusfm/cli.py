@@ -1,36 +1,64 @@
 """``fundusfm`` command line: one verb per workflow stage.
 
-Verbs are imported lazily so that ``fundusfm synth`` does not pay for importing torch.
+Every verb's entry point is ``fundusfm.<package>.cli:<verb>_main(argv) -> int`` (a dash in
+the verb becomes ``_``). Verbs are imported lazily so that ``fundusfm synth`` does not pay
+for importing torch. Logging is configured here, once, for every verb.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
+import os
+import signal
 import sys
 
-# verb -> (module, function, one-line help)
-VERBS: dict[str, tuple[str, str, str]] = {
-    "synth": ("fundusfm.synth.cli", "main", "draw a synthetic fundus dataset (images + labels CSV)"),
-    "ingest": ("fundusfm.data.cli", "ingest_main", "turn a dataset as distributed into a manifest CSV"),
-    "preprocess": ("fundusfm.preprocess.cli", "main", "FOV crop, resize, normalise and quality-check images"),
-    "split": ("fundusfm.data.split_cli", "main", "patient-grouped splits of a task (leak-checked)"),
-    "overlap": ("fundusfm.data.cli", "overlap_main", "duplicate / overlap check across datasets"),
-    "train": ("fundusfm.train.cli", "main", "pretrain or fine-tune a timm backbone"),
-    "infer": ("fundusfm.train.infer", "main", "predict an external dataset with a trained model"),
-    "evaluate": ("fundusfm.evaluate.cli", "evaluate_main", "metrics with CIs from a predictions CSV"),
-    "table": ("fundusfm.evaluate.cli", "table_main", "study table of a task (CSV, Markdown, LaTeX)"),
-    "figures": ("fundusfm.evaluate.cli", "figures_main", "ROC/PR, label-efficiency and other figures"),
-    "summary": ("fundusfm.evaluate.cli", "summary_main", "compact metrics JSON + CSV of all study tables (DVC)"),
-    "cam": ("fundusfm.evaluate.cli", "cam_main", "activation-map galleries of a trained model"),
-    "sync-mlflow": ("fundusfm.tracking", "sync_main", "mirror result files into MLflow (idempotent)"),
-    "export": ("fundusfm.release", "export_main", "export a trained model as a release"),
-    "predict": ("fundusfm.release", "predict_main", "predict on new photographs with a release"),
+# verb -> (package whose cli module holds <verb>_main, one-line help)
+VERBS: dict[str, tuple[str, str]] = {
+    "synth": ("synth", "draw a synthetic fundus dataset (images + labels CSV)"),
+    "ingest": ("data", "turn a dataset as distributed into a manifest CSV"),
+    "preprocess": ("preprocess", "FOV crop, resize, normalise and quality-check images"),
+    "split": ("data", "patient-grouped splits of a task (leak-checked)"),
+    "overlap": ("data", "duplicate / overlap check across datasets"),
+    "train": ("train", "pretrain or fine-tune a timm backbone"),
+    "infer": ("train", "predict an external dataset with a trained model"),
+    "evaluate": ("evaluate", "metrics with CIs from a predictions CSV"),
+    "table": ("evaluate", "study table of a task (CSV, Markdown, LaTeX)"),
+    "figures": ("evaluate", "ROC/PR, label-efficiency and other figures"),
+    "summary": ("evaluate", "compact metrics JSON + CSV of all study tables (DVC)"),
+    "cam": ("evaluate", "activation-map galleries of a trained model"),
+    "sync-mlflow": ("tracking", "mirror result files into MLflow (idempotent)"),
+    "register": ("tracking", "register a release in the MLflow model registry"),
+    "export": ("release", "export a trained model as a release"),
+    "predict": ("release", "predict on new photographs with a release"),
 }
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def entry_point(verb: str):
+    """The function behind a verb: ``fundusfm.<package>.cli.<verb>_main``."""
+    package, _ = VERBS[verb]
+    module = importlib.import_module(f"fundusfm.{package}.cli")
+    return getattr(module, f"{verb.replace('-', '_')}_main")
+
+
+def configure_logging() -> None:
+    """One format for every verb; under torchrun only rank 0 logs below WARNING."""
+    rank = int(os.environ.get("RANK", "0"))
+    fmt = LOG_FORMAT if "WORLD_SIZE" not in os.environ else LOG_FORMAT.replace("%(levelname)s", f"[rank {rank}] %(levelname)s")
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format=fmt)
+
+
+def _terminate(signum, frame):  # noqa: ARG001
+    # SIGTERM (Snakemake cancelling a job, a cluster's scancel) as an exception, so that
+    # `finally` blocks run: no half-written temporary files stay behind (fundusfm.fileio)
+    raise SystemExit(128 + signum)
 
 
 def _usage() -> str:
     lines = ["usage: fundusfm VERB [options]   (fundusfm VERB --help for details)", "", "verbs:"]
-    for verb, (_, _, text) in VERBS.items():
+    for verb, (_, text) in VERBS.items():
         lines.append(f"  {verb:<12} {text}")
     return "\n".join(lines)
 
@@ -49,9 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     if verb not in VERBS:
         print(f"fundusfm: unknown verb {verb!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module, func, _ = VERBS[verb]
-    fn = getattr(importlib.import_module(module), func)
-    return int(fn(rest) or 0)
+    configure_logging()
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminate)
+    return int(entry_point(verb)(rest) or 0)
 
 
 if __name__ == "__main__":

@@ -9,14 +9,16 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from dataclasses import dataclass
-from pathlib import Path
+from importlib import resources
 
 import jsonschema
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+from fundusfm import layout
+from fundusfm.layout import Run, fmt_fraction
+
+# Shipped inside the package, so an installed (not editable) fundusfm validates configs.
+SCHEMA = "schemas/config.schema.yaml"
 
 # Inits that come from our own pretraining, and the pretraining source each needs.
 PRETRAINED_INITS = {"fundus": "random", "imagenet+fundus": "imagenet"}
@@ -27,9 +29,9 @@ class ConfigError(ValueError):
     """The configuration is invalid; the message names the key and what to do."""
 
 
-def _schema() -> dict:
-    with open(SCHEMA) as fh:
-        return yaml.safe_load(fh)
+def schema() -> dict:
+    """The config's JSON schema (``fundusfm/schemas/config.schema.yaml``)."""
+    return yaml.safe_load(resources.files("fundusfm").joinpath(SCHEMA).read_text())
 
 
 def _path(err: jsonschema.ValidationError) -> str:
@@ -41,7 +43,7 @@ def validate(config: dict, source: str = "config") -> dict:
 
     Raises ConfigError listing every problem with its key path.
     """
-    validator = jsonschema.Draft202012Validator(_schema())
+    validator = jsonschema.Draft202012Validator(schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         lines = [f"  - {_path(e)}: {e.message}" for e in errors]
@@ -54,14 +56,23 @@ def validate(config: dict, source: str = "config") -> dict:
 
 
 def _fill_defaults(config: dict) -> None:
+    """Every default of the config, in one place (the schema carries none): after
+    validation, code reads keys directly, never with a fallback of its own."""
     config.setdefault("seed", 0)
     config.setdefault("data_dir", "data")
     config.setdefault("results_dir", "results")
     config.setdefault("inits", {})
+    for entry in config["inits"].values():
+        entry.setdefault("trust_pickle", False)
+        entry.setdefault("allow_partial", False)
     config.setdefault("report", {})
     config["report"].setdefault("cam", True)
     config["report"].setdefault("n_boot", 1000)
-    config.setdefault("mlflow", {}).setdefault("enabled", True)
+    mlflow = config.setdefault("mlflow", {})
+    mlflow.setdefault("enabled", True)
+    mlflow.setdefault("log_each_job", True)
+    mlflow.setdefault("log_model", False)
+    config.setdefault("release", {}).setdefault("licence", "CC-BY-NC-4.0")
     pp = config["preprocess"]
     for k, v in {"size": 512, "normalise": "none", "format": "png", "max_reject_fraction": 0.2}.items():
         pp.setdefault(k, v)
@@ -94,13 +105,13 @@ def _cross_check(config: dict):
     for ds in config["pretrain"]["datasets"]:
         if ds not in datasets:
             yield f"pretrain.datasets: unknown dataset {ds!r} (known: {', '.join(sorted(datasets))})"
-    named = set(config.get("inits", {}))
+    named = set(config["inits"])
     for tname, task in config["tasks"].items():
         for key in ("datasets", "external"):
-            for ds in task.get(key, []):
+            for ds in task[key]:
                 if ds not in datasets:
                     yield f"tasks.{tname}.{key}: unknown dataset {ds!r} (known: {', '.join(sorted(datasets))})"
-        both = set(task["datasets"]) & set(task.get("external", []))
+        both = set(task["datasets"]) & set(task["external"])
         if both:
             yield f"tasks.{tname}: {sorted(both)} both a development and an external dataset"
         for init in task["inits"]:
@@ -111,8 +122,7 @@ def _cross_check(config: dict):
                 )
         if task["compare_to"] not in task["inits"]:
             yield f"tasks.{tname}.compare_to: {task['compare_to']!r} is not one of the task's inits"
-        split = task["split"]
-        folds = split.get("folds", 5) if split.get("strategy", "kfold") == "kfold" else 1
+        folds = split_folds(task)
         for k in task.get("run_folds", []):
             if k >= folds:
                 yield f"tasks.{tname}.run_folds: fold {k} does not exist (the split has {folds} fold(s))"
@@ -120,6 +130,16 @@ def _cross_check(config: dict):
             yield f"tasks.{tname}.classes: a binary task has exactly 2 classes, got {task['classes']}"
         if len(set(task["fractions"])) != len(task["fractions"]):
             yield f"tasks.{tname}.fractions: repeated values {task['fractions']}"
+    release = config["release"]
+    if "task" in release:
+        task = config["tasks"].get(release["task"])
+        if task is None:
+            yield f"release.task: unknown task {release['task']!r} (known: {', '.join(sorted(config['tasks']))})"
+        elif "init" in release and release["init"] not in task["inits"]:
+            yield (f"release.init: task {release['task']!r} has no init {release['init']!r} "
+                   f"(its inits: {task['inits']})")
+    elif "init" in release:
+        yield "release.init: needs release.task (the released model is then that task's fine-tune)"
 
 
 def load(path: str | os.PathLike) -> dict:
@@ -156,11 +176,6 @@ def local_gpu_count() -> int:
 
 # ---------------------------------------------------------------------------- grid
 
-def fmt_fraction(f: float) -> str:
-    """Label-fraction as it appears in paths (``0.1``, ``1``)."""
-    return f"{float(f):g}"
-
-
 def split_folds(task: dict) -> int:
     split = task.get("split", {})
     return split.get("folds", 5) if split.get("strategy", "kfold") == "kfold" else 1
@@ -168,21 +183,6 @@ def split_folds(task: dict) -> int:
 
 def run_folds(task: dict) -> list[int]:
     return list(task.get("run_folds") or range(split_folds(task)))
-
-
-@dataclass(frozen=True)
-class Run:
-    """One fine-tuning job of the study grid."""
-
-    task: str
-    init: str
-    fold: int
-    fraction: str
-    seed: int
-
-    @property
-    def path(self) -> str:
-        return f"{self.task}/{self.init}/fold{self.fold}/frac{self.fraction}/seed{self.seed}"
 
 
 def runs(config: dict, task: str | None = None) -> list[Run]:
@@ -198,7 +198,7 @@ def runs(config: dict, task: str | None = None) -> list[Run]:
 
 def eval_sets(task: dict) -> list[str]:
     """Prediction sets evaluated for a task: the internal test set and each external set."""
-    return ["test"] + [f"external_{ds}" for ds in task.get("external", [])]
+    return ["test"] + [f"external_{ds}" for ds in task["external"]]
 
 
 def pretrain_sources(config: dict) -> list[str]:
@@ -222,6 +222,19 @@ def task_spec(config: dict, task: str, external: bool = True) -> dict:
     return dict({k: t[k] for k in keys if k in t}, name=task)
 
 
+def released_run_dir(config: dict) -> str:
+    """The training output the release exports: the study's foundation model (see
+    :func:`fundusfm.layout.foundation_source`), or with ``release.task`` that task's
+    fine-tune of ``release.init`` (default: its last init) chosen by
+    :func:`fundusfm.layout.released_run`."""
+    results, release = config["results_dir"], config["release"]
+    task = release.get("task")
+    if not task:
+        return layout.pretrain_dir(results, layout.foundation_source(pretrain_sources(config)))
+    init = release.get("init") or config["tasks"][task]["inits"][-1]
+    return layout.finetune_dir(results, layout.released_run([r for r in runs(config, task) if r.init == init]))
+
+
 def hparams(config: dict, task: str) -> dict:
     """Resolved hyper-parameters of a task's training jobs (train defaults + overrides)."""
     own = config["pretrain"]["hparams"] if task == "pretrain" else config["tasks"][task]["hparams"]
@@ -233,13 +246,13 @@ def init_args(config: dict, init: str, results: str = "results") -> list[str]:
     if init in ("random", "imagenet"):
         return ["--init", init, "--init-name", init]
     if init in PRETRAINED_INITS:
-        ckpt = f"{results}/pretrain/{PRETRAINED_INITS[init]}/model.safetensors"
+        ckpt = f"{layout.pretrain_dir(results, PRETRAINED_INITS[init])}/model.safetensors"
         return ["--init", f"checkpoint:{ckpt}", "--init-name", init]
     entry = config["inits"][init]
     args = ["--init", f"checkpoint:{entry['checkpoint']}", "--init-name", init]
-    if entry.get("trust_pickle"):
+    if entry["trust_pickle"]:
         args.append("--trust-pickle")
-    if entry.get("allow_partial"):
+    if entry["allow_partial"]:
         args.append("--allow-partial")
     return args
 

@@ -29,7 +29,7 @@ mlflow = pytest.importorskip("mlflow")
 from mlflow import MlflowClient  # noqa: E402
 
 from fundusfm import config as fcfg  # noqa: E402
-from fundusfm import tracking  # noqa: E402
+from fundusfm.tracking import records  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -148,7 +148,7 @@ def study_runs(client: MlflowClient, study: str) -> dict[str, list]:
     assert exp is not None, f"no MLflow experiment {study!r}"
     out: dict[str, list] = {}
     for r in client.search_runs([exp.experiment_id], max_results=5000):
-        out.setdefault(r.data.tags.get(tracking.KEY_TAG), []).append(r)
+        out.setdefault(r.data.tags.get(records.KEY_TAG), []).append(r)
     return out
 
 
@@ -157,7 +157,7 @@ def assert_mirror_complete(workdir: Path, uri: str) -> dict[str, str]:
     equal to the metrics JSONs, the full per-epoch history; returns key -> run id."""
     config = fcfg.load(workdir / "config" / "config.yaml")
     results = workdir / "results"
-    keys = tracking.expected_keys(config)
+    keys = records.expected_keys(config)
     client = MlflowClient(uri)
     runs = study_runs(client, config["study"])
     # one run per training job, the study's parent run, and the registered release's run
@@ -239,7 +239,7 @@ def test_server_killed_mid_study_then_sync_fills_in_without_duplicates(tmp_path,
             study.wait(timeout=60)
         log.close()
     assert rc == 0, failure_report(wd, (tmp_path / "snakemake.log").read_text())
-    assert len(before) < len(tracking.expected_keys(config)), "the server was stopped only after the last job"
+    assert len(before) < len(records.expected_keys(config)), "the server was stopped only after the last job"
     missed = json.loads((wd / "results" / "mlflow" / "sync.json").read_text())
     assert not missed["reachable"] and not missed["ok"]
 

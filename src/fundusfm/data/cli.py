@@ -1,35 +1,24 @@
-"""``fundusfm ingest`` (dataset as distributed -> manifest) and ``fundusfm overlap`` (shared images)."""
+"""``fundusfm ingest`` (dataset as distributed -> manifest), ``fundusfm split`` (a task's
+image table with fold roles) and ``fundusfm overlap`` (shared images)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
+from fundusfm.fileio import atomic_write, write_csv
+
 log = logging.getLogger("fundusfm.data")
 
 
-def _setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: no half-written outputs."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+def _verbose(on: bool) -> None:
+    if on:
+        logging.getLogger("fundusfm").setLevel(logging.DEBUG)
 
 
 def ingest_main(argv: list[str] | None = None) -> int:
@@ -45,7 +34,7 @@ def ingest_main(argv: list[str] | None = None) -> int:
     p.add_argument("--report", type=Path, help="JSON report (unmapped labels, exclusions, unlabelled images)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
-    _setup_logging(args.verbose)
+    _verbose(args.verbose)
     text = args.config_json
     if text.startswith("@"):
         text = Path(text[1:]).read_text()
@@ -62,9 +51,9 @@ def ingest_main(argv: list[str] | None = None) -> int:
     except KeyError as e:
         print(f"fundusfm ingest: {e.args[0]}", file=sys.stderr)
         return 2
-    _atomic_write(args.out, lambda t: df.to_csv(t, index=False))
+    atomic_write(args.out, lambda t: df.to_csv(t, index=False))
     if args.report:
-        _atomic_write(args.report, lambda t: t.write_text(json.dumps(report, indent=2, default=str)))
+        atomic_write(args.report, lambda t: t.write_text(json.dumps(report, indent=2, default=str)))
     if report["unmapped"]:
         log.warning("%s: %d unmapped source labels left unknown: %s", args.name, len(report["unmapped"]),
                     ", ".join(sorted(report["unmapped_labels"])[:10]))
@@ -100,7 +89,7 @@ def overlap_main(argv: list[str] | None = None) -> int:
     p.add_argument("--hash-size", type=int, default=8, help="pHash side; bits = side^2 (default 8)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
-    _setup_logging(args.verbose)
+    _verbose(args.verbose)
     qc = dict(args.qc)
     missing = [d for d in args.upstream + args.evaluation if d not in qc]
     if missing:
@@ -112,13 +101,34 @@ def overlap_main(argv: list[str] | None = None) -> int:
         print(f"fundusfm overlap: {e}", file=sys.stderr)
         return 1
     pairs = find_overlaps(hashes, args.upstream, args.evaluation, args.threshold)
-    _atomic_write(args.out, lambda t: pairs.to_csv(t, index=False))
+    atomic_write(args.out, lambda t: pairs.to_csv(t, index=False))
     if args.exclude_out:
         ex = exclusion_list(pairs)
-        _atomic_write(args.exclude_out, lambda t: ex.to_csv(t, index=False))
+        atomic_write(args.exclude_out, lambda t: ex.to_csv(t, index=False))
     n_cross = int((pairs["kind"] == "cross").sum())
     (log.warning if n_cross else log.info)(
         "%d upstream/evaluation pairs within %d bits, %d duplicates within a side; wrote %s",
         n_cross, args.threshold, len(pairs) - n_cross, args.out)
     return 0
 
+
+def split_main(argv: list[str] | None = None) -> int:
+    """``fundusfm split``: a task's image table with patient-grouped, leak-checked folds."""
+    from fundusfm.data.task_table import build_task_table, parse_pairs
+
+    p = argparse.ArgumentParser(prog="fundusfm split", description=split_main.__doc__)
+    p.add_argument("--task-json", required=True, help="task definition (JSON)")
+    p.add_argument("--manifest", nargs="+", required=True, metavar="DS=CSV")
+    p.add_argument("--qc", nargs="+", required=True, metavar="DS=CSV")
+    p.add_argument("--preprocessed", nargs="+", required=True, metavar="DS=DIR")
+    p.add_argument("--exclude", help="CSV of dataset,image_id[,reason] to exclude (e.g. overlap report)")
+    p.add_argument("--out", required=True)
+    a = p.parse_args(argv)
+    task = json.loads(a.task_json)
+    exclude = pd.read_csv(a.exclude, dtype=str) if a.exclude else None
+    table = build_task_table(task, parse_pairs(a.manifest, "--manifest"), parse_pairs(a.qc, "--qc"), parse_pairs(a.preprocessed, "--preprocessed"), exclude)
+    write_csv(a.out, table)
+    for c in [c for c in table.columns if c.startswith("fold")]:
+        counts = table[c].value_counts().to_dict()
+        log.info("%s %s: %s", task["name"], c, ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+    return 0

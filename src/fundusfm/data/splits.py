@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
+from fundusfm.task import TaskSpec
+
 ROLES = ("train", "val", "test", "external", "excluded")
 
 
@@ -53,18 +55,11 @@ def patient_key(df: pd.DataFrame) -> pd.Series:
     return df["dataset"].astype(str) + "/" + df["patient_id"].astype(str)
 
 
-def task_label_columns(task: dict) -> list[str]:
-    """The manifest columns a task's targets come from."""
-    if task["type"] == "multilabel":
-        return list(task["labels"])
-    return [task["label"]]
-
-
 def stratum(df: pd.DataFrame, task: dict) -> pd.Series:
     """One stratification key per row: the class for single-label tasks, the first
     positive finding (or ``none``) for multilabel tasks, so rare label combinations do
     not each become a stratum of their own."""
-    cols = task_label_columns(task)
+    cols = list(TaskSpec.from_dict(task).columns)
     if task["type"] != "multilabel":
         return df[cols[0]].astype("Int64").astype(str)
     flags = df[cols].fillna(0).astype(int).to_numpy()
@@ -146,7 +141,7 @@ def assign_roles(df: pd.DataFrame, task: dict, spec: SplitSpec) -> pd.DataFrame:
     """
     df = df.copy()
     external = set(task.get("external", []))
-    label_cols = task_label_columns(task)
+    label_cols = list(TaskSpec.from_dict(task).columns)
     reason = pd.Series("", index=df.index, dtype=object)
     if "qc_status" in df:
         bad_qc = df["qc_status"].fillna("missing").astype(str) != "ok"

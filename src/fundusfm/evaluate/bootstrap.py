@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 import sklearn
 
-from fundusfm.evaluate.io import TaskSpec, patient_groups, task_spec, to_arrays
+from fundusfm.evaluate.io import patient_groups, to_arrays
+from fundusfm.task import TaskSpec
 from fundusfm.evaluate.metrics import metrics_from_arrays
 
 
@@ -104,7 +105,7 @@ def patient_bootstrap(
     The validation-chosen ``thresholds`` are held fixed (they come from other data).
     Returns the dict of :func:`bootstrap_arrays`.
     """
-    spec = task_spec(task)
+    spec = TaskSpec.from_dict(task)
     y, P = to_arrays(pred_df, spec)
     groups = patient_groups(pred_df)
 

@@ -31,7 +31,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa:
 from scipy import ndimage  # noqa: E402
 from torch import nn  # noqa: E402
 
-from fundusfm.evaluate.io import TaskSpec, read_predictions, task_spec  # noqa: E402
+from fundusfm.task import TaskSpec, read_predictions  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -159,11 +159,11 @@ def select_cases(pred_df: pd.DataFrame, task: dict | TaskSpec, per_group: int = 
     lowest first (the most confidently missed). Ties: dataset, then image id.
     Returns columns ``class, class_index, group, rank, dataset, image_id, label, prob``.
     """
-    spec = task_spec(task)
+    spec = TaskSpec.from_dict(task)
     rows = []
-    if spec.kind == "binary":
+    if spec.type == "binary":
         items = [(1, spec.names[1], pred_df["label"].to_numpy() == 1, pred_df[f"prob_{spec.names[1]}"] >= 0.5)]
-    elif spec.kind == "multilabel":
+    elif spec.type == "multilabel":
         items = [(j, n, pred_df[f"label_{n}"].to_numpy() == 1, pred_df[f"prob_{n}"] >= 0.5)
                  for j, n in enumerate(spec.names)]
     else:
@@ -247,7 +247,7 @@ def make_galleries(
     for method in methods:
         cams = (compute_cams(model, to_tensor(rgbs, mean, std), selection["class_index"].tolist(), method,
                              layers, reshape) if rgbs else np.zeros((0, img_size, img_size), np.float32))
-        for name in spec.names if spec.kind != "binary" else spec.names[1:]:
+        for name in spec.names if spec.type != "binary" else spec.names[1:]:
             tiles = {}
             for k, r in enumerate(selection.to_dict("records")):
                 if r["class"] != name:
@@ -274,7 +274,7 @@ def run_cam(model_dir, table, fold: int, predictions, out_dir, methods=("gradcam
         task = {"type": kind, ("labels" if kind == "multilabel" else "classes"): meta["classes"]}
     # the task's name: recorded with the model, else the task table's (results/splits/<task>.csv)
     name = meta.get("task", {}).get("name") if isinstance(meta.get("task"), dict) else None
-    spec = task_spec(task, name or Path(table).stem)
+    spec = TaskSpec.from_dict(task, name or Path(table).stem)
     preds = read_predictions(predictions, spec)
     tab = pd.read_csv(table, dtype={"image_id": str, "dataset": str, "patient_id": str}, keep_default_na=False)
     col = f"fold{fold}"

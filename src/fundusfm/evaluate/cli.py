@@ -1,34 +1,25 @@
-"""CLI verbs of the evaluation stage: ``evaluate``, ``table``, ``figures``, ``cam``."""
+"""CLI verbs of the evaluation stage: ``evaluate``, ``table``, ``figures``, ``summary``, ``cam``."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 from pathlib import Path
 
+from fundusfm.fileio import write_csv, write_json
+from fundusfm.jsonargs import load_json_arg
+
 log = logging.getLogger("fundusfm.evaluate")
-META_KEYS = ("task", "init", "fold", "fraction", "seed", "set")
 
 
-def _setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
-def write_json_atomic(obj: dict, path: str | Path) -> None:
-    """Write JSON to a temporary name, then rename (outputs appear only when complete)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n")
-    tmp.replace(path)
+def _verbose(on: bool) -> None:
+    if on:
+        logging.getLogger("fundusfm").setLevel(logging.DEBUG)
 
 
 def parse_meta(value: str) -> dict:
     """``--meta``: inline JSON or a JSON file with task, init, fold, fraction, seed, set."""
-    from fundusfm.evaluate.io import load_json_arg
+    from fundusfm.evaluate.record import META_KEYS
 
     meta = load_json_arg(value)
     missing = [k for k in META_KEYS if k not in meta]
@@ -43,49 +34,9 @@ def parse_meta(value: str) -> dict:
     return meta
 
 
-def evaluate_run(predictions: str | Path, task: dict, meta: dict, val_predictions: str | Path | None = None,
-                 n_boot: int = 1000, seed: int = 0) -> dict:
-    """The metrics-JSON record of one predictions file (see docs/architecture.md)."""
-    from fundusfm.evaluate.bootstrap import patient_bootstrap
-    from fundusfm.evaluate.io import clean_number, patient_groups, read_predictions, task_spec
-    from fundusfm.evaluate.metrics import compute_metrics
-
-    spec = task_spec(task, meta.get("task"))
-    df = read_predictions(predictions, spec)
-    val = read_predictions(val_predictions, spec) if val_predictions else None
-    res = compute_metrics(df, spec, val_df=val)
-    undefined = dict(res["undefined"])
-    if val is None and spec.kind in ("binary", "multilabel"):
-        for m in ("threshold_val", "sensitivity_val_threshold", "specificity_val_threshold"):
-            res["metrics"][m] = None
-            undefined[m] = "no validation predictions given (--val-predictions)"
-    boot = patient_bootstrap(df, spec, n_boot=n_boot, seed=seed, thresholds=res["thresholds"] if val is not None else None)
-    ci = {}
-    for m, v in res["metrics"].items():
-        c = boot["ci"].get(m)
-        ci[m] = None if v is None or c is None else [clean_number(c[0]), clean_number(c[1])]
-    return {
-        **{k: meta[k] for k in META_KEYS},
-        "task_type": spec.kind,
-        "classes": list(spec.names),
-        "n_images": int(len(df)),
-        "n_patients": int(len(set(patient_groups(df)))),
-        "metrics": {k: clean_number(v) for k, v in res["metrics"].items()},
-        "ci": ci,
-        "undefined": undefined,
-        "thresholds": {k: (clean_number(v) if not isinstance(v, str) else None)
-                       for k, v in res["thresholds"].items()},
-        "bootstrap": {"n_boot": boot["n_boot"], "seed": seed, "level": boot["level"], "unit": "patient",
-                      "method": "percentile",
-                      "n_undefined": {k: v for k, v in boot["n_undefined"].items() if v}},
-        "predictions": str(predictions),
-        "val_predictions": str(val_predictions) if val_predictions else None,
-    }
-
-
 def evaluate_main(argv: list[str] | None = None) -> int:
     """``fundusfm evaluate``: metrics with patient-bootstrap CIs from a predictions CSV."""
-    from fundusfm.evaluate.io import load_json_arg
+    from fundusfm.evaluate.record import evaluate_run
 
     ap = argparse.ArgumentParser(prog="fundusfm evaluate", description=evaluate_main.__doc__)
     ap.add_argument("--predictions", required=True, help="predictions CSV (contract in docs/architecture.md)")
@@ -97,11 +48,15 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="bootstrap seed [0]")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
-    _setup_logging(args.verbose)
-    meta = parse_meta(args.meta)
-    task = load_json_arg(args.task_json)
-    rec = evaluate_run(args.predictions, task, meta, args.val_predictions, n_boot=args.n_boot, seed=args.seed)
-    write_json_atomic(rec, args.out)
+    _verbose(args.verbose)
+    try:
+        meta = parse_meta(args.meta)
+        task = load_json_arg(args.task_json)
+        rec = evaluate_run(args.predictions, task, meta, args.val_predictions, n_boot=args.n_boot, seed=args.seed)
+    except (ValueError, FileNotFoundError) as e:
+        log.error("%s", e)
+        return 1
+    write_json(args.out, rec, allow_nan=False)
     head = {k: rec["metrics"].get(k) for k in ("auroc", "accuracy") if k in rec["metrics"]}
     log.info("%s: %d images, %d patients, %s -> %s", args.predictions, rec["n_images"], rec["n_patients"], head, args.out)
     return 0
@@ -110,10 +65,10 @@ def evaluate_main(argv: list[str] | None = None) -> int:
 def table_main(argv: list[str] | None = None) -> int:
     """``fundusfm table``: the study table of one task (CSV, Markdown, LaTeX)."""
     from fundusfm.evaluate.aggregate import aggregate_records
-    from fundusfm.evaluate.io import load_json_arg, task_spec
     from fundusfm.evaluate.metrics import headline_metrics
     from fundusfm.evaluate.study import compare_inits, load_records
     from fundusfm.evaluate.tables import wide_table, write_tables
+    from fundusfm.task import TaskSpec
 
     ap = argparse.ArgumentParser(prog="fundusfm table", description=table_main.__doc__)
     ap.add_argument("--task", required=True, help="task name")
@@ -130,10 +85,10 @@ def table_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
-    _setup_logging(args.verbose)
-    spec = task_spec(load_json_arg(args.task_json), args.task)
+    _verbose(args.verbose)
+    spec = TaskSpec.from_dict(load_json_arg(args.task_json), args.task)
     recs = load_records(args.metrics, task=args.task)
-    shown = args.metric_list.split(",") if args.metric_list else headline_metrics(spec.kind)
+    shown = args.metric_list.split(",") if args.metric_list else headline_metrics(spec.type)
     long = aggregate_records(recs)
     pooled = per_run = None
     inits = {r["init"] for r in recs}
@@ -148,7 +103,7 @@ def table_main(argv: list[str] | None = None) -> int:
     paths = write_tables(wide, shown, args.task, args.out_prefix)
     comp_path = Path(args.out_prefix).with_name(Path(args.out_prefix).name + "_comparisons.csv")
     if per_run is not None:
-        per_run.to_csv(comp_path, index=False, float_format="%.10g")
+        write_csv(comp_path, per_run, float_format="%.10g")
         paths.append(comp_path)
     log.info("table of %s from %d runs -> %s", args.task, len(recs), ", ".join(map(str, paths)))
     return 0
@@ -157,8 +112,8 @@ def table_main(argv: list[str] | None = None) -> int:
 def figures_main(argv: list[str] | None = None) -> int:
     """``fundusfm figures``: ROC/PR, label efficiency, confusion, calibration, training curves."""
     from fundusfm.evaluate.figures import make_figures
-    from fundusfm.evaluate.io import load_json_arg, task_spec
     from fundusfm.evaluate.study import load_records
+    from fundusfm.task import TaskSpec
 
     ap = argparse.ArgumentParser(prog="fundusfm figures", description=figures_main.__doc__)
     ap.add_argument("--task", required=True)
@@ -169,8 +124,8 @@ def figures_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sets", help="comma-separated sets to draw (default: all found)")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
-    _setup_logging(args.verbose)
-    spec = task_spec(load_json_arg(args.task_json), args.task)
+    _verbose(args.verbose)
+    spec = TaskSpec.from_dict(load_json_arg(args.task_json), args.task)
     recs = load_records(args.metrics, task=args.task)
     sets = args.sets.split(",") if args.sets else None
     paths = make_figures(recs, spec, args.out_dir, root=args.predictions_root, sets=sets)
@@ -199,7 +154,7 @@ def cam_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
-    _setup_logging(args.verbose)
+    _verbose(args.verbose)
     if args.threads:
         import torch
 
@@ -212,10 +167,9 @@ def cam_main(argv: list[str] | None = None) -> int:
         args.model_dir = str(Path(args.predictions).parent)
         args.fold = int(best["fold"])
         log.info("best run by test %s=%s: %s", args.best_metric, best["metrics"].get(args.best_metric), args.model_dir)
-        Path(args.out_dir).mkdir(parents=True, exist_ok=True)
-        (Path(args.out_dir) / "best_run.json").write_text(json.dumps(
-            {k: best[k] for k in ("task", "init", "fold", "fraction", "seed")} | {"model_dir": args.model_dir,
-             args.best_metric: best["metrics"].get(args.best_metric)}, indent=2))
+        write_json(Path(args.out_dir) / "best_run.json",
+                   {k: best[k] for k in ("task", "init", "fold", "fraction", "seed")}
+                   | {"model_dir": args.model_dir, args.best_metric: best["metrics"].get(args.best_metric)})
     elif args.fold is None or args.predictions is None:
         ap.error("--model-dir needs --fold and --predictions")
     paths = run_cam(args.model_dir, args.table, args.fold, args.predictions, args.out_dir,
@@ -249,9 +203,7 @@ def summary_main(argv: list[str] | None = None) -> int:
     for r in rows:
         metrics = {k: v for k, v in r.items() if k not in ("task", "set", "init", "fraction")}
         nest.setdefault(r["task"], {}).setdefault(r["set"], {}).setdefault(r["init"], {})[f"frac{r['fraction']:g}"] = metrics
-    for out in (args.out_json, args.out_csv):
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(nest, args.out_json)
-    pd.DataFrame(rows).to_csv(args.out_csv, index=False, float_format="%.6g")
+    write_json(args.out_json, nest, allow_nan=False)
+    write_csv(args.out_csv, pd.DataFrame(rows), float_format="%.6g")
     log.info("summary of %d table rows -> %s, %s", len(rows), args.out_json, args.out_csv)
     return 0

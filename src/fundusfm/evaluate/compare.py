@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from fundusfm.evaluate.io import TaskSpec, align_predictions, patient_groups, task_spec, to_arrays
+from fundusfm.evaluate.io import align_predictions, patient_groups, to_arrays
+from fundusfm.task import TaskSpec
 from fundusfm.evaluate.metrics import Undefined, metrics_from_arrays
 
 
@@ -147,13 +148,13 @@ def metric_getter(spec: TaskSpec, metric: str = "auroc") -> Callable[[np.ndarray
         # of per-class (one-vs-rest) or per-label AUROCs, undefined if any is undefined.
         def truth_columns(y, P):
             # one 0/1 column per class (one-vs-rest) or per label
-            return np.eye(P.shape[1], dtype=int)[y] if spec.kind in ("multiclass", "ordinal") else y
+            return np.eye(P.shape[1], dtype=int)[y] if spec.type in ("multiclass", "ordinal") else y
 
         def fast(y, P):
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    if spec.kind == "binary":
+                    if spec.type == "binary":
                         return float(binary_auroc(y, P[:, 1]))
                     cols = truth_columns(y, P)
                     return float(np.mean([binary_auroc(cols[:, c], P[:, c]) for c in range(P.shape[1])]))
@@ -162,7 +163,7 @@ def metric_getter(spec: TaskSpec, metric: str = "auroc") -> Callable[[np.ndarray
 
         def resampled(y, P, W):
             # fast() in every resample (rows of the count matrix W) at once; NaN = None
-            if spec.kind == "binary":
+            if spec.type == "binary":
                 return resampled_auroc(y, P[:, 1], W)
             cols = truth_columns(y, P)
             return np.mean([resampled_auroc(cols[:, c], P[:, c], W) for c in range(P.shape[1])], axis=0)
@@ -194,7 +195,7 @@ def paired_auroc_test(
     """
     if method not in ("delong", "bootstrap", "both"):
         raise ValueError(f"method must be delong, bootstrap or both, got {method!r}")
-    spec = task_spec(task)
+    spec = TaskSpec.from_dict(task)
     a, b = align_predictions(pred_a, pred_b, spec)
     y, pa = to_arrays(a, spec)
     _, pb = to_arrays(b, spec)
@@ -202,7 +203,7 @@ def paired_auroc_test(
     out: dict = {"delong": None, "bootstrap": None, "undefined": {},
                  "n_images": int(len(a)), "n_patients": int(len(set(groups)))}
     if method in ("delong", "both"):
-        if spec.kind != "binary" or metric != "auroc":
+        if spec.type != "binary" or metric != "auroc":
             out["undefined"]["delong"] = "DeLong's test applies to the AUROC of binary tasks only"
         else:
             try:

@@ -35,7 +35,8 @@ from sklearn import metrics as skm  # noqa: E402
 from sklearn.calibration import calibration_curve  # noqa: E402
 
 from fundusfm.evaluate.aggregate import aggregate_records, init_rank, set_rank  # noqa: E402
-from fundusfm.evaluate.io import TaskSpec, to_arrays  # noqa: E402
+from fundusfm.evaluate.io import to_arrays  # noqa: E402
+from fundusfm.task import TaskSpec
 from fundusfm.evaluate.study import load_predictions, predictions_path  # noqa: E402
 from fundusfm.evaluate.tables import format_fraction, metric_label, set_title  # noqa: E402
 
@@ -54,9 +55,9 @@ def figure_names(sets: Sequence[str]) -> list[str]:
 
 def binary_view(y: np.ndarray, P: np.ndarray, spec: TaskSpec) -> tuple[np.ndarray, np.ndarray]:
     """(truth, score) of the decision a curve shows: positive class, or micro-average."""
-    if spec.kind == "binary":
+    if spec.type == "binary":
         return np.asarray(y), P[:, 1]
-    if spec.kind == "multilabel":
+    if spec.type == "multilabel":
         return np.asarray(y).ravel(), P.ravel()
     return np.eye(P.shape[1], dtype=int)[y].ravel(), P.ravel()
 
@@ -141,7 +142,7 @@ def plot_curves(runs, spec: TaskSpec, kind: str, path: Path, title: str) -> Path
             ax.set(xlabel="recall (sensitivity)", ylabel="precision")
         ax.set(xlim=(0, 1), ylim=(0, 1.01), title=f"{format_fraction(frac)} of labels")
         ax.legend(loc="lower right" if kind == "roc" else "lower left", fontsize=7)
-    suffix = "" if spec.kind == "binary" else " (micro-average)"
+    suffix = "" if spec.type == "binary" else " (micro-average)"
     fig.suptitle(f"{title}{suffix}")
     return _save(fig, path)
 
@@ -182,7 +183,7 @@ def plot_confusion(runs, spec: TaskSpec, path: Path, title: str) -> Path:
         dfs = [df for r, df in runs if r["init"] == init and float(r["fraction"]) == top]
         if not dfs:
             continue
-        if spec.kind == "multilabel":
+        if spec.type == "multilabel":
             for j, name in enumerate(spec.names):
                 cm = sum(skm.confusion_matrix(to_arrays(d, spec)[0][:, j], (to_arrays(d, spec)[1][:, j] >= 0.5)
                                               .astype(int), labels=[0, 1]) for d in dfs)
@@ -192,7 +193,7 @@ def plot_confusion(runs, spec: TaskSpec, path: Path, title: str) -> Path:
             cm = 0
             for d in dfs:
                 y, P = to_arrays(d, spec)
-                yhat = (P[:, 1] >= 0.5).astype(int) if spec.kind == "binary" else P.argmax(1)
+                yhat = (P[:, 1] >= 0.5).astype(int) if spec.type == "binary" else P.argmax(1)
                 cm = cm + skm.confusion_matrix(y, yhat, labels=list(range(k)))
             panels.append((init, cm, list(spec.names)))
     fig, axes = _panel_grid(len(panels), size=3.6)
@@ -219,7 +220,7 @@ def plot_calibration(runs, spec: TaskSpec, path: Path, title: str, n_bins: int =
         for r, df in runs:
             if r["init"] == init and float(r["fraction"]) == top:
                 y, P = to_arrays(df, spec)
-                if spec.kind in ("multiclass", "ordinal"):
+                if spec.type in ("multiclass", "ordinal"):
                     # top-label calibration: confidence vs arg-max correct
                     yy, s = (P.argmax(1) == y).astype(int), P.max(1)
                 else:
@@ -233,7 +234,7 @@ def plot_calibration(runs, spec: TaskSpec, path: Path, title: str, n_bins: int =
             warnings.simplefilter("ignore")
             frac_pos, mean_pred = calibration_curve(y, s, n_bins=n_bins, strategy="uniform")
         ax.plot(mean_pred, frac_pos, marker="o", color=colors[init], label=init)
-    what = "confidence (top label)" if spec.kind in ("multiclass", "ordinal") else "predicted probability"
+    what = "confidence (top label)" if spec.type in ("multiclass", "ordinal") else "predicted probability"
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel=what, ylabel="observed frequency",
            title=f"{title}, {format_fraction(top)} of labels")
     ax.legend(fontsize=8)

@@ -28,7 +28,8 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
-from fundusfm.evaluate.io import TaskSpec, task_spec, to_arrays
+from fundusfm.evaluate.io import to_arrays
+from fundusfm.task import TaskSpec
 
 ECE_BINS = 10
 # metrics shown first in tables / figures, per task type (all others stay in CSV/JSON)
@@ -243,7 +244,7 @@ def metrics_from_arrays(
     y = np.asarray(y)
     P = np.asarray(P, dtype=float)
     names = spec.names
-    if spec.kind == "binary":
+    if spec.type == "binary":
         s = P[:, 1]
         t = None if thresholds is None else thresholds.get(names[1], "no threshold for the positive class")
         _binary(ms, y, s, t)
@@ -253,7 +254,7 @@ def metrics_from_arrays(
         ms.add("f1_macro", lambda: _f1_macro(y, yhat, 2))
         ms.add("ece", lambda: expected_calibration_error(y, s, ece_bins))
         ms.add("brier", lambda: skm.brier_score_loss(y, s, pos_label=1))
-    elif spec.kind in ("multiclass", "ordinal"):
+    elif spec.type in ("multiclass", "ordinal"):
         k = len(names)
         onehot = np.eye(k, dtype=int)[y]
         yhat = P.argmax(axis=1)
@@ -276,7 +277,7 @@ def metrics_from_arrays(
         ms.add("accuracy", lambda: skm.accuracy_score(y, yhat))
         ms.add("balanced_accuracy", lambda: _balanced_accuracy(y, yhat, k))
         ms.add("f1_macro", lambda: _f1_macro(y, yhat, k))
-        if spec.kind == "ordinal":
+        if spec.type == "ordinal":
             def kappa() -> float:
                 if len(np.unique(np.concatenate([y, yhat]))) < 2:
                     raise Undefined("truth and prediction are the same single class; kappa is 0/0")
@@ -286,7 +287,7 @@ def metrics_from_arrays(
         conf = P.max(axis=1)
         ms.add("ece", lambda: expected_calibration_error((yhat == y).astype(int), conf, ece_bins))
         ms.add("brier", lambda: skm.brier_score_loss(y, P, labels=list(range(k))))
-    elif spec.kind == "multilabel":
+    elif spec.type == "multilabel":
         yhat = (P >= 0.5).astype(int)
         for j, n in enumerate(names):
             t = None if thresholds is None else thresholds.get(n, f"no threshold for label {n!r}")
@@ -323,7 +324,7 @@ def metrics_from_arrays(
 
         ms.add("f1_macro", f1)
     else:  # pragma: no cover - task_spec already rejects this
-        raise ValueError(f"unknown task type {spec.kind!r}")
+        raise ValueError(f"unknown task type {spec.type!r}")
     return ms.as_dict()
 
 
@@ -342,9 +343,9 @@ def choose_thresholds(y: np.ndarray, P: np.ndarray, spec: TaskSpec) -> dict[str,
     out: dict[str, float | str] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if spec.kind == "binary":
+        if spec.type == "binary":
             cols = [(spec.names[1], y, P[:, 1])]
-        elif spec.kind == "multilabel":
+        elif spec.type == "multilabel":
             cols = [(n, y[:, j], P[:, j]) for j, n in enumerate(spec.names)]
         else:
             return out
@@ -364,7 +365,7 @@ def compute_metrics(pred_df: pd.DataFrame, task: dict | TaskSpec,
     tasks also get sensitivity and specificity at the Youden threshold chosen on it.
     Returns ``{"metrics": {...}, "undefined": {...}, "thresholds": {...}}``.
     """
-    spec = task_spec(task)
+    spec = TaskSpec.from_dict(task)
     y, P = to_arrays(pred_df, spec)
     thresholds = None
     if val_df is not None:

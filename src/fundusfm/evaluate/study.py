@@ -14,9 +14,9 @@ from pathlib import Path
 import pandas as pd
 
 from fundusfm.evaluate.compare import delong_test, metric_getter, paired_bootstrap_runs
-from fundusfm.evaluate.io import (TaskSpec, align_predictions, patient_groups, read_metrics_json,
-                                  read_predictions, to_arrays)
+from fundusfm.evaluate.io import align_predictions, patient_groups, read_metrics_json, to_arrays
 from fundusfm.evaluate.metrics import Undefined
+from fundusfm.task import TaskSpec, read_predictions
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def compare_inits(
         _, P_b = to_arrays(b, spec)
         g = patient_groups(a)
         groups[(s, init, frac)].append((y, P_a, P_b, g))
-        if spec.kind == "binary" and metric == "auroc":
+        if spec.type == "binary" and metric == "auroc":
             try:
                 d = delong_test(y, P_a[:, 1], P_b[:, 1])
                 row.update(diff=d["diff"], delong_z=d["z"], delong_p=d["p_value"])

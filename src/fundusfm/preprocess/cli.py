@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 
 log = logging.getLogger("fundusfm.preprocess")
@@ -104,7 +103,7 @@ def manifest_inputs(manifest: str, root: str) -> list[tuple[str, str]]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def preprocess_main(argv: list[str] | None = None) -> int:
     """Entry point of ``fundusfm preprocess``."""
     ap = argparse.ArgumentParser(prog="fundusfm preprocess", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
@@ -124,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     ap.add_argument("-v", "--verbose", action="store_true")
     a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if a.verbose:
+        logging.getLogger("fundusfm").setLevel(logging.DEBUG)
 
     from fundusfm.preprocess.pipeline import PreprocessSpec, TooManyRejects, preprocess_many, thresholds_from_dict
 
@@ -158,7 +158,3 @@ def main(argv: list[str] | None = None) -> int:
 
         make_gallery(qc, a.gallery)
     return rc
-
-
-if __name__ == "__main__":
-    sys.exit(main())

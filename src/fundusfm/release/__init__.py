@@ -13,13 +13,14 @@ A release folder (``results/release/``) holds only data, never code or pickles:
 ``README.md``
     the model card.
 
-Entry points: :func:`load_model` (Python), ``fundusfm export`` and ``fundusfm predict``.
+Entry points: :func:`load_model` (Python); ``fundusfm export`` and ``fundusfm predict``
+(:mod:`fundusfm.release.cli`).
 Imports are lazy so ``import fundusfm`` stays cheap.
 """
 
 from __future__ import annotations
 
-__all__ = ["load_model", "export_main", "predict_main"]
+__all__ = ["load_model"]
 
 
 def load_model(release_dir, device="cpu"):
@@ -28,17 +29,3 @@ def load_model(release_dir, device="cpu"):
     from fundusfm.release.loading import load_model as _load
 
     return _load(release_dir, device=device)
-
-
-def export_main(argv: list[str] | None = None) -> int:
-    """``fundusfm export`` (see :mod:`fundusfm.release.export`)."""
-    from fundusfm.release.export import main
-
-    return main(argv)
-
-
-def predict_main(argv: list[str] | None = None) -> int:
-    """``fundusfm predict`` (see :mod:`fundusfm.release.predict`)."""
-    from fundusfm.release.predict import main
-
-    return main(argv)

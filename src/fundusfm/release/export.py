@@ -5,31 +5,29 @@ Reads a training output (``model.safetensors``, ``model.json``, ``train_config.j
 preprocessing spec the study used and the study tables, and writes
 ``model.safetensors`` (the same tensors, re-saved with release metadata), ``config.json``
 and ``README.md`` (model card) into the release folder. Optionally registers the
-release in the MLflow model registry (a version whose source is the release folder
-logged as run artifacts; no pickled model is logged).
+release in the MLflow model registry with ``fundusfm register``
+(:mod:`fundusfm.tracking.registry`).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
-import os
 import platform
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 
+from fundusfm import layout
+from fundusfm.fileio import atomic_write, write_text
 from fundusfm.release.loading import (CARD_FILE, CONFIG_FILE, FORMAT, FORMAT_VERSION, META_KEYS, RELEASE_FILES,
                                       WEIGHTS_FILE, ReleaseError, sha256_file)
 
 log = logging.getLogger("fundusfm.export")
 
 DEFAULT_LICENCE = "CC-BY-NC-4.0"
-DEFAULT_REGISTERED_NAME = "fundusfm-foundation"
 SPEC_FILE = "preprocess_spec.json"
 TRAINING_ROLES = ("train", "val")
 # headline metrics shown in the model card, first present wins per task type
@@ -150,15 +148,15 @@ def study_tables(paths) -> dict:
 
 def run_kind(run_dir: Path, meta: dict) -> tuple[str, str]:
     """``("foundation", "pretrain")`` for a pretraining output, else ``("fine-tuned", <task>)``
-    (the task from ``finetune/<task>/<init>/...`` or ``model.json``)."""
-    parts = Path(run_dir).resolve().parts
-    if "pretrain" in parts[-2:]:
+    (the task from the folder's place in the results tree, :mod:`fundusfm.layout`, or
+    from ``model.json`` for a folder elsewhere)."""
+    try:
+        ident = layout.parse_key(layout.run_key(run_dir)[0])
+    except ValueError:
+        return "fine-tuned", (meta.get("task") or {}).get("name", "task")
+    if ident["kind"] == layout.PRETRAIN:
         return "foundation", "pretrain"
-    if "finetune" in parts:
-        i = len(parts) - 1 - parts[::-1].index("finetune")
-        if i + 1 < len(parts):
-            return "fine-tuned", parts[i + 1]
-    return "fine-tuned", (meta.get("task") or {}).get("name", "task")
+    return "fine-tuned", ident["task"]
 
 
 def own_test_metrics(run_dir: Path, meta: dict, n_boot: int, seed: int) -> dict | None:
@@ -166,7 +164,7 @@ def own_test_metrics(run_dir: Path, meta: dict, n_boot: int, seed: int) -> dict 
     pred = run_dir / "predictions_test.csv"
     if not pred.is_file() or not meta.get("task"):
         return None
-    from fundusfm.evaluate.cli import evaluate_run
+    from fundusfm.evaluate.record import evaluate_run
 
     val = run_dir / "predictions_val.csv"
     info = dict(task=run_kind(run_dir, meta)[1], init=meta.get("init", ""), fold=int(meta.get("fold", 0)),
@@ -245,12 +243,6 @@ def build_config(meta: dict, spec: dict, *, num_features: int | None, training: 
 
 # ----------------------------------------------------------------------------- writing
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def export(run_dir: str | Path, out_dir: str | Path, *, results: str | Path | None = None,
            tables=(), licence: str = DEFAULT_LICENCE, study: str | None = None,
            preprocess_spec: str | Path | None = None, n_boot: int = 200, seed: int = 0) -> Path:
@@ -293,14 +285,12 @@ def export(run_dir: str | Path, out_dir: str | Path, *, results: str | Path | No
     # the same tensors; the header's metadata says what they are (str -> str only)
     header = {"format": "pt", "architecture": meta["arch"], "head": meta["head"],
               "num_classes": str(meta["num_classes"]), "fundusfm_release": str(FORMAT_VERSION)}
-    _atomic_write(weights, lambda p: save_file({k: v.contiguous() for k, v in state.items()}, str(p), metadata=header))
+    atomic_write(weights, lambda p: save_file({k: v.contiguous() for k, v in state.items()}, str(p), metadata=header))
     files = {WEIGHTS_FILE: {"sha256": sha256_file(weights), "bytes": weights.stat().st_size}}
     cfg = build_config(meta, spec, num_features=num_features, training=training, metrics=metrics, licence=licence,
                        source=source, software=software, files=files)
-    text = json.dumps(cfg, indent=2, allow_nan=False) + "\n"
-    _atomic_write(out_dir / CONFIG_FILE, lambda p: p.write_text(text))
-    card = render_card(cfg)
-    _atomic_write(out_dir / CARD_FILE, lambda p: p.write_text(card))
+    write_text(out_dir / CONFIG_FILE, json.dumps(cfg, indent=2, allow_nan=False) + "\n")
+    write_text(out_dir / CARD_FILE, render_card(cfg))
     log.info("release of %s (%s, %s head, classes %s) -> %s", run_dir, meta["arch"], meta["head"],
              meta["classes"], out_dir)
     return out_dir
@@ -316,143 +306,3 @@ def _num_features(meta: dict, state: dict) -> int | None:
         if clf and key in state and state[key].ndim == 2:
             return int(state[key].shape[1])
     return None
-
-
-# ----------------------------------------------------------------------------- MLflow registry
-
-def _flat_metrics(cfg: dict) -> dict[str, float]:
-    """Study metrics as MLflow metric names -> values."""
-    out: dict[str, float] = {}
-    own = cfg["fundusfm"]["metrics"].get("released_model_test") or {}
-    for k, v in (own.get("metrics") or {}).items():
-        if isinstance(v, (int, float)) and v is not None and math.isfinite(v):
-            out[f"test.{k}"] = float(v)
-    for task, rows in cfg["fundusfm"]["metrics"].get("study", {}).items():
-        for r in rows:
-            if r["mean"] is not None:
-                out[f"study.{task}.{r['set']}.{r['init']}.frac{r['fraction']:g}.{r['metric']}"] = float(r["mean"])
-    import re
-
-    return {re.sub(r"[^\w.\- /]", "_", k): v for k, v in out.items()}
-
-
-def register(release_dir: str | Path, name: str = DEFAULT_REGISTERED_NAME, *, uri: str | None = None,
-             results: str | Path = "results", study: str | None = None) -> dict | None:
-    """Log the release folder as artifacts of an MLflow run and register a model version
-    pointing at it, tagged with the study metrics. Idempotent: a version with the same
-    weights digest is reused. Returns ``{name, version, run_id, source, tracking_uri}``, or
-    ``None`` with a warning when the store cannot be reached (never raises for that)."""
-    from fundusfm import tracking
-
-    release_dir = Path(release_dir)
-    cfg = json.loads((release_dir / CONFIG_FILE).read_text())
-    digest = cfg["fundusfm"]["files"][WEIGHTS_FILE]["sha256"]
-    uri = tracking.tracking_uri(uri, results)  # MLFLOW_TRACKING_URI wins, then uri, then sqlite
-    study = study or cfg["fundusfm"]["source"].get("study") or "fundusfm"
-    metrics = _flat_metrics(cfg)
-    try:
-        from mlflow import MlflowClient
-
-        exp_id = tracking.ensure_experiment(study, uri)
-        if exp_id is None:
-            raise tracking.TrackingUnavailable(f"experiment {study!r} could not be set up")
-        client = MlflowClient(tracking_uri=uri)
-        try:
-            client.get_registered_model(name)
-        except Exception:  # noqa: BLE001 - MlflowException RESOURCE_DOES_NOT_EXIST
-            client.create_registered_model(name, description="fundusfm release: see the model card README.md")
-        for mv in client.search_model_versions(f"name='{name}'"):
-            if (mv.tags or {}).get("fundusfm.weights_sha256") == digest:
-                log.info("MLflow: %s version %s already holds these weights", name, mv.version)
-                return {"name": name, "version": str(mv.version), "run_id": mv.run_id, "source": mv.source,
-                        "tracking_uri": tracking.redact_uri(uri), "created": False}
-        run = client.create_run(exp_id, run_name="release", tags={"fundusfm.key": "release",
-                                                                   "fundusfm.weights_sha256": digest})
-        rid = run.info.run_id
-        import time
-
-        ts = int(time.time() * 1000)
-        from mlflow.entities import Metric, Param
-
-        items = list(metrics.items())
-        for i in range(0, len(items), 1000):
-            client.log_batch(rid, metrics=[Metric(k, v, ts, 0) for k, v in items[i:i + 1000]])
-        model = cfg["fundusfm"]["model"]
-        client.log_batch(rid, params=[Param(k, str(v)[:6000]) for k, v in
-                                      {"arch": model["arch"], "head": model["head"], "img_size": model["img_size"],
-                                       "classes": ",".join(model["classes"]), "init": model.get("init"),
-                                       "licence": cfg["fundusfm"]["licence"]}.items()])
-        client.log_artifacts(rid, str(release_dir), artifact_path="release")
-        source = f"{run.info.artifact_uri.rstrip('/')}/release"
-        tags = {"fundusfm.weights_sha256": digest, "licence": cfg["fundusfm"]["licence"]}
-        tags.update({k: f"{v:.4f}" for k, v in metrics.items()})
-        mv = client.create_model_version(name, source=source, run_id=rid, tags=tags,
-                                         description=f"{model['arch']} ({model['head']} head), classes "
-                                                     f"{model['classes']}; weights sha256 {digest}")
-        client.set_terminated(rid)
-        log.info("MLflow: registered %s version %s (source %s)", name, mv.version, source)
-        return {"name": name, "version": str(mv.version), "run_id": rid, "source": source,
-                "tracking_uri": tracking.redact_uri(uri), "created": True}
-    except Exception as e:  # noqa: BLE001 - an unreachable registry never fails the release
-        log.warning("MLflow registry at %s unreachable or refused the release (%s: %s); the release folder "
-                    "is complete, register it later with `fundusfm export --register-only`",
-                    tracking.redact_uri(uri), type(e).__name__, str(e)[:300])
-        return None
-
-
-# ----------------------------------------------------------------------------- CLI
-
-def _default_run_dir(results: Path) -> Path:
-    """The study's foundation model: ``pretrain/imagenet`` (the paper's best) else ``pretrain/random``."""
-    for source in ("imagenet", "random"):
-        d = results / "pretrain" / source
-        if (d / "model.json").is_file():
-            return d
-    raise ReleaseError(f"no finished pretraining under {results / 'pretrain'} (imagenet or random); "
-                       "pass --run-dir DIR")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``fundusfm export``: write a release folder (weights, config, model card) of a trained model."""
-    p = argparse.ArgumentParser(prog="fundusfm export", description=main.__doc__)
-    p.add_argument("--run-dir", help="training output to release (default: the study's foundation model, "
-                                     "<results>/pretrain/imagenet, else <results>/pretrain/random)")
-    p.add_argument("--results", default=None, help="results folder of the study (default: results, or "
-                                                   "inferred from the task table's image paths)")
-    p.add_argument("--out", default=None, help="release folder (default: <results>/release)")
-    p.add_argument("--tables", nargs="*", default=None,
-                   help="study tables for the model card (default: <results>/tables/*.csv)")
-    p.add_argument("--preprocess-spec", help="preprocess_spec.json to use when it cannot be found next to the "
-                                              "processed images of the task table")
-    p.add_argument("--licence", default=DEFAULT_LICENCE, help=f"licence of the weights [{DEFAULT_LICENCE}]")
-    p.add_argument("--study", default=None, help="study name (MLflow experiment; model card)")
-    p.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples for the test-set CIs [200]")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--register", action="store_true", help="register the release in the MLflow model registry")
-    p.add_argument("--register-only", action="store_true", help="register an existing release folder (--out)")
-    p.add_argument("--registered-name", default=DEFAULT_REGISTERED_NAME)
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (MLFLOW_TRACKING_URI wins)")
-    p.add_argument("--registry-json", default=None, help="write the registration record (or its absence) here")
-    a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    results = Path(a.results or "results")
-    out = Path(a.out) if a.out else results / "release"
-    try:
-        if not a.register_only:
-            run_dir = Path(a.run_dir) if a.run_dir else _default_run_dir(results)
-            # <task>.csv are the study tables; <task>_comparisons.csv etc. are not
-            tables = a.tables if a.tables is not None else sorted(
-                str(t) for t in (results / "tables").glob("*.csv") if "_" not in t.stem or
-                (results / "tables" / f"{t.stem}.md").is_file())
-            export(run_dir, out, results=a.results, tables=tables, licence=a.licence, study=a.study,
-                   preprocess_spec=a.preprocess_spec, n_boot=a.n_boot, seed=a.seed)
-        record = None
-        if a.register or a.register_only:
-            record = register(out, a.registered_name, uri=a.tracking_uri, results=results, study=a.study)
-        if a.registry_json:
-            Path(a.registry_json).parent.mkdir(parents=True, exist_ok=True)
-            Path(a.registry_json).write_text(json.dumps(record or {"registered": False}, indent=2) + "\n")
-    except (ReleaseError, ValueError, KeyError) as e:
-        print(f"fundusfm export: {e}", file=sys.stderr)
-        return 1
-    return 0

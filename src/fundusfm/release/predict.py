@@ -8,10 +8,7 @@ label), ``rejected`` (readable, but no field of view or failing the quality grad
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -190,48 +187,3 @@ def predict_inputs(released, paths: list[str], *, batch_size: int = 16, workers:
     if cam_dir is not None:
         df["cam"] = cam_paths
     return df
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``fundusfm predict``: probabilities, predicted label, quality status and FOV per input image."""
-    p = argparse.ArgumentParser(prog="fundusfm predict", description=main.__doc__)
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders, or CSV files listing images")
-    p.add_argument("--model", required=True, help="release folder (fundusfm export)")
-    p.add_argument("--out", required=True, help="predictions CSV to write (one row per input)")
-    p.add_argument("--cam", default=None, metavar="DIR", help="write activation-map overlays of ok images here")
-    p.add_argument("--cam-method", default="gradcam", help="gradcam | gradcampp | ... [gradcam]")
-    p.add_argument("--path-column", default=None, help="column of image paths in CSV inputs [path/image/file]")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="[auto: cuda if present]")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--workers", type=int, default=1, help="preprocessing processes [1]")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    import torch
-
-    from fundusfm.release.loading import ReleaseError, load_model
-
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    try:
-        paths = expand_inputs(a.inputs, a.path_column)
-        released = load_model(a.model, device=a.device)
-    except (InputError, ReleaseError, RuntimeError) as e:
-        print(f"fundusfm predict: {e}", file=sys.stderr)
-        return 1
-    if not paths:
-        print("fundusfm predict: the inputs hold no files", file=sys.stderr)
-        return 1
-    log.info("%d input(s); model %s on %s", len(paths), a.model, released.device)
-    df = predict_inputs(released, paths, batch_size=a.batch_size, workers=a.workers, cam_dir=a.cam,
-                        cam_method=a.cam_method, progress=not a.no_progress)
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, out)
-    counts = df["status"].value_counts().to_dict()
-    log.info("%d rows: %d ok, %d rejected, %d error -> %s", len(df), counts.get("ok", 0), counts.get("rejected", 0),
-             counts.get("error", 0), out)
-    return 0

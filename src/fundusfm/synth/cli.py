@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
 log = logging.getLogger("fundusfm.synth")
 
@@ -26,10 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def synth_main(argv: list[str] | None = None) -> int:
     """Entry point of ``fundusfm synth``; returns the exit status."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from fundusfm.synth.dataset import make_dataset, summarize  # numpy/cv2 only when used
 
     try:
@@ -42,7 +40,3 @@ def main(argv: list[str] | None = None) -> int:
     log.info("wrote %s/labels.csv", args.out)
     print(summarize(df))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

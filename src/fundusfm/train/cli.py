@@ -1,4 +1,5 @@
-"""``fundusfm train``: pretrain or fine-tune a timm backbone on a task table."""
+"""``fundusfm train`` (pretrain or fine-tune a timm backbone on a task table) and
+``fundusfm infer`` (predict an external set with a trained model)."""
 
 from __future__ import annotations
 
@@ -39,29 +40,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--workers", type=int, default=None, help="loader workers (default: 0 on CPU, up to 8 per GPU)")
     p.add_argument("--gpus", type=int, default=1,
-                   help="processes: >1 relaunches itself under torchrun with DDP (gloo on --device cpu)")
+                   help="GPUs of this job: 0 trains on the CPU whatever the machine has; >1 relaunches itself "
+                        "under torchrun with DDP (gloo on --device cpu)")
     return p
 
 
 def _launch_torchrun(argv: list[str], nproc: int) -> int:
     """Re-run this command under torchrun with ``nproc`` processes (one per GPU)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "fundusfm.train.cli", *argv]
+           "-m", "fundusfm.cli", "train", *argv]
     log.info("launching DDP: %s", " ".join(cmd))
     return subprocess.call(cmd)
 
 
-def main(argv: list[str] | None = None) -> int:
+def train_main(argv: list[str] | None = None) -> int:
     """Entry point of ``fundusfm train``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s")
+    if args.gpus < 0:
+        print(f"fundusfm train: --gpus must be >= 0, got {args.gpus}", file=sys.stderr)
+        return 2
+    if args.gpus == 0:
+        # the job was given no GPU (Snakemake resources gpu=0): never touch one
+        if args.device == "cuda":
+            print("fundusfm train: --device cuda with --gpus 0; give the job a GPU or drop --device", file=sys.stderr)
+            return 2
+        args.device = "cpu"
     if args.gpus > 1 and "WORLD_SIZE" not in os.environ:
         return _launch_torchrun(argv, args.gpus)
 
-    from fundusfm.train.config import TaskSpec, resolve_hparams
+    from fundusfm.task import TaskSpec
+    from fundusfm.train.config import resolve_hparams
     from fundusfm.train.engine import EXIT_PREEMPTED, Preempted, RunSpec, train
 
     try:
@@ -82,5 +91,38 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+
+def infer_main(argv: list[str] | None = None) -> int:
+    """``fundusfm infer``: predict one external dataset of a task table with a trained model."""
+    p = argparse.ArgumentParser(prog="fundusfm infer", description=infer_main.__doc__)
+    p.add_argument("--model-dir", required=True, help="training output (model.safetensors, model.json)")
+    p.add_argument("--table", required=True, help="task table results/splits/<task>.csv")
+    p.add_argument("--fold", type=int, default=0)
+    p.add_argument("--dataset", required=True, help="external dataset (its rows with role 'external')")
+    p.add_argument("--out", required=True, help="predictions CSV to write")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="[auto: cuda if present]")
+    p.add_argument("--gpus", type=int, default=None, help="GPUs of this job (0 = CPU, whatever the machine has)")
+    a = p.parse_args(argv)
+    # no training engine here (its imports cost seconds per job): models + data code only
+    import torch
+
+    from fundusfm.fileio import write_csv
+    from fundusfm.models.io import load_trained, resolve_device
+    from fundusfm.task import TaskSpec, predictions_frame
+    from fundusfm.train.data import encode_targets, read_task_table
+    from fundusfm.train.infer import predict_paths
+
+    device = torch.device("cpu") if a.gpus == 0 else resolve_device(a.device)
+    model, meta = load_trained(a.model_dir, device)
+    task = TaskSpec.from_dict(meta["task"])
+    df, col = read_task_table(a.table, a.fold)
+    rows = df[(df[col] == "external") & (df["dataset"] == a.dataset)]
+    if rows.empty:
+        print(f"fundusfm infer: {a.table} has no external rows of dataset {a.dataset!r} in {col}", file=sys.stderr)
+        return 1
+    prob = predict_paths(model, meta, rows["image"].tolist(), a.batch_size, device)
+    frame = predictions_frame(rows, encode_targets(rows, task, a.table), prob, task)
+    write_csv(a.out, frame)
+    log.info("%d predictions of %s on %s -> %s", len(frame), a.dataset, device, a.out)
+    return 0

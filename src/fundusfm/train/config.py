@@ -1,9 +1,8 @@
-"""Training hyper-parameters: defaults, validation, and the task definition."""
+"""Training hyper-parameters: defaults and validation (the task is :mod:`fundusfm.task`)."""
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 # Defaults follow the paper where it says (ResNet50, 512 px, its head) and common
 # fine-tuning practice elsewhere.  Every key a run may set is listed here.
@@ -58,9 +57,6 @@ HPARAM_CHOICES = {
     "monitor": ("auroc", "accuracy", "balanced_accuracy", "kappa", "f1", "loss"),
 }
 
-TASK_TYPES = ("binary", "multiclass", "ordinal", "multilabel")
-
-
 def resolve_hparams(given: dict | None) -> dict:
     """Defaults overlaid with ``given``; unknown keys and bad values raise ValueError."""
     given = dict(given or {})
@@ -88,44 +84,3 @@ def resolve_hparams(given: dict | None) -> dict:
     if hp["layer_decay"] is not None and not 0 < hp["layer_decay"] <= 1:
         raise ValueError(f"hparams layer_decay must be in (0, 1], got {hp['layer_decay']}")
     return hp
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """A task definition (``tasks.<name>`` of the config)."""
-
-    type: str
-    columns: tuple[str, ...]  # label column(s) in the task table
-    names: tuple[str, ...]  # class names (single-label) or label names (multilabel)
-
-    @property
-    def multilabel(self) -> bool:
-        return self.type == "multilabel"
-
-    @property
-    def num_outputs(self) -> int:
-        return len(self.names)
-
-    def as_dict(self) -> dict:
-        if self.multilabel:
-            return {"type": self.type, "labels": list(self.names)}
-        return {"type": self.type, "label": self.columns[0], "classes": list(self.names)}
-
-    @classmethod
-    def from_dict(cls, task: dict) -> "TaskSpec":
-        """Validate a task definition; errors name the missing key."""
-        kind = task.get("type")
-        if kind not in TASK_TYPES:
-            raise ValueError(f"task 'type' must be one of {TASK_TYPES}, got {kind!r}")
-        if kind == "multilabel":
-            labels = task.get("labels")
-            if not labels:
-                raise ValueError("multilabel task needs a non-empty 'labels' list")
-            return cls(kind, tuple(labels), tuple(labels))
-        for key in ("label", "classes"):
-            if key not in task:
-                raise ValueError(f"{kind} task needs key {key!r}")
-        classes = tuple(str(c) for c in task["classes"])
-        if len(classes) < 2 or (kind == "binary" and len(classes) != 2):
-            raise ValueError(f"{kind} task: bad 'classes' {list(classes)}")
-        return cls(kind, (task["label"],), classes)

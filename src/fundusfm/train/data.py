@@ -20,7 +20,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from fundusfm.train.config import TaskSpec
+from fundusfm.task import TaskSpec
 
 
 def mix_seed(*parts: int) -> int:

@@ -33,11 +33,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from fundusfm.fileio import atomic_write, atomic_write_many
 from fundusfm.models import create, default_mean_std, load_init
 from fundusfm.models.factory import classifier_name
 from fundusfm.models.io import resolve_device
-from fundusfm.train.config import TaskSpec
-from fundusfm.train.infer import predictions_frame
+from fundusfm.task import TaskSpec, predictions_frame
 from fundusfm.train.data import (
     EpochBatchSampler,
     FundusDataset,
@@ -124,13 +124,6 @@ def select_sets(df: pd.DataFrame, col: str, spec: RunSpec) -> dict[str, pd.DataF
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _atomic_write(path: Path, write) -> None:
-    """``write(tmp_path)`` then rename: readers never see a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def _dist_info() -> tuple[int, int, int]:
@@ -335,7 +328,7 @@ class Trainer:
             "history": self.history, "best": self.best, "best_epoch": self.best_epoch,
             "bad_epochs": self.bad_epochs, "init_report": self.init_report,
         }
-        _atomic_write(self.resume_dir / "state.pt", lambda p: torch.save(state, p))
+        atomic_write(self.resume_dir / "state.pt", lambda p: torch.save(state, p))
 
     # -- signals ----------------------------------------------------------------------------
 
@@ -513,13 +506,7 @@ class Trainer:
             ("model.json", lambda p: p.write_text(json.dumps(meta, indent=2, default=str))),
         ]
         # write everything under temporary names first, then rename: all or nothing appears
-        tmps = []
-        for fname, write in writes:
-            tmp = self.out / f".{fname}.tmp{os.getpid()}"
-            write(tmp)
-            tmps.append((tmp, self.out / fname))
-        for tmp, final in tmps:
-            os.replace(tmp, final)
+        atomic_write_many([(self.out / fname, write) for fname, write in writes])
 
     def resources(self) -> dict:
         """What this run used, to size cluster requests: wall and CPU seconds of this
@@ -579,7 +566,10 @@ class Trainer:
                 value = monitor_value(monitor, self.task, self.targets["val"], prob, val_loss)
             else:
                 val_loss, value = math.nan, -train_loss if monitor != "loss" else train_loss
-            row.update({"val_loss": val_loss, f"val_{monitor}": value, "lr": self.last_lr,
+            # no validation set: the epoch is chosen on the training loss, and the history
+            # says so (an empty val_<monitor>) instead of filing it as a validation metric
+            shown = value if self.val_loader is not None else math.nan
+            row.update({"val_loss": val_loss, f"val_{monitor}": shown, "lr": self.last_lr,
                         "time": round(time.time() - t0, 3)})
             self.history.append(row)
             improved = is_better(monitor, value, self.best) or self.best_epoch is None
@@ -588,7 +578,7 @@ class Trainer:
                 if self.rank == 0:
                     self.resume_dir.mkdir(parents=True, exist_ok=True)
                     sd = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-                    _atomic_write(best_path, lambda p: save_file(sd, str(p)))
+                    atomic_write(best_path, lambda p: save_file(sd, str(p)))
             else:
                 self.bad_epochs += 1
             if self.rank == 0:

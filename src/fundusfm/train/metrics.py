@@ -7,7 +7,7 @@ import math
 import numpy as np
 from sklearn import metrics as skm
 
-from fundusfm.train.config import TaskSpec
+from fundusfm.task import TaskSpec
 
 HIGHER_IS_BETTER = {"auroc": True, "accuracy": True, "balanced_accuracy": True, "kappa": True, "f1": True, "loss": False}
 

@@ -1,23 +1,21 @@
-"""``fundusfm split``: a task's image table with patient-grouped, leak-checked folds."""
+"""A task's image table (``fundusfm split``): manifests joined with QC tables, with
+patient-grouped, leak-checked fold roles (contract in docs/architecture.md)."""
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
 from pathlib import Path
 
 import pandas as pd
 
-from fundusfm.data.splits import SplitSpec, assign_roles, task_label_columns
+from fundusfm.data.splits import SplitSpec, assign_roles
+from fundusfm.task import TaskSpec
 
-log = logging.getLogger("fundusfm.split")
 
 # Labels a task may ask for that are derived from another manifest column.
 DERIVED = {"dr": ("dr_grade", lambda s: (s >= 1).astype("Int64"))}
 
 
-def _pairs(items: list[str], flag: str) -> dict[str, str]:
+def parse_pairs(items: list[str], flag: str) -> dict[str, str]:
     out = {}
     for item in items or []:
         if "=" not in item:
@@ -47,9 +45,9 @@ def build_task_table(task: dict, manifests: dict, qcs: dict, preprocessed: dict,
         man["image"] = [str(Path(preprocessed[ds]) / r) if r else "" for r in rel]
         man["dataset"] = ds
         for col, (src, fn) in DERIVED.items():
-            if col in task_label_columns(task) and col not in man and src in man:
+            if col in TaskSpec.from_dict(task).columns and col not in man and src in man:
                 man[col] = fn(pd.to_numeric(man[src], errors="coerce").astype("Int64"))
-        for col in task_label_columns(task):
+        for col in TaskSpec.from_dict(task).columns:
             if col not in man:
                 raise SystemExit(
                     f"fundusfm split: task {task['name']!r} needs label column {col!r} but manifest "
@@ -74,28 +72,5 @@ def build_task_table(task: dict, manifests: dict, qcs: dict, preprocessed: dict,
                 f"{task['label']}={row[task['label']]}, outside classes 0..{len(task['classes']) - 1} {task['classes']}"
             )
     table = assign_roles(df, task, SplitSpec.from_dict(task.get("split")))
-    keep = ["dataset", "image_id", "patient_id", "eye", "image", "qc_status", *task_label_columns(task), "exclude_reason"]
+    keep = ["dataset", "image_id", "patient_id", "eye", "image", "qc_status", *TaskSpec.from_dict(task).columns, "exclude_reason"]
     return table[keep + [c for c in table.columns if c.startswith("fold") and c[4:].isdigit()]]
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="fundusfm split", description=__doc__)
-    p.add_argument("--task-json", required=True, help="task definition (JSON)")
-    p.add_argument("--manifest", nargs="+", required=True, metavar="DS=CSV")
-    p.add_argument("--qc", nargs="+", required=True, metavar="DS=CSV")
-    p.add_argument("--preprocessed", nargs="+", required=True, metavar="DS=DIR")
-    p.add_argument("--exclude", help="CSV of dataset,image_id[,reason] to exclude (e.g. overlap report)")
-    p.add_argument("--out", required=True)
-    a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    task = json.loads(a.task_json)
-    exclude = pd.read_csv(a.exclude, dtype=str) if a.exclude else None
-    table = build_task_table(task, _pairs(a.manifest, "--manifest"), _pairs(a.qc, "--qc"), _pairs(a.preprocessed, "--preprocessed"), exclude)
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(str(a.out) + ".tmp")
-    table.to_csv(tmp, index=False)
-    tmp.replace(a.out)
-    for c in [c for c in table.columns if c.startswith("fold")]:
-        counts = table[c].value_counts().to_dict()
-        log.info("%s %s: %s", task["name"], c, ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
-    return 0
