@@ -11,7 +11,7 @@ Every output file of the package is written through :func:`atomic_write` (or
 * the temporary file is removed when the write fails or is interrupted (an exception,
   Ctrl-C, or SIGTERM once :func:`fundusfm.cli.main` turned it into ``SystemExit``), and a
   leftover of a process that was killed outright (SIGKILL) is removed by the next write
-  of the same file.
+  into the same folder.
 """
 
 from __future__ import annotations
@@ -52,20 +52,29 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
-    """Remove ``.<name>.tmp<pid>`` siblings of ``path`` left by processes that no longer run."""
-    path = Path(path)
-    pattern = re.compile(re.escape(_TMP.format(name=path.name)) + r"(\d+)$")
+_TEMPORARY = re.compile(r"^\..+\.tmp(\d+)$")
+_swept: set[str] = set()  # folders this process already cleaned
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove the ``.<name>.tmp<pid>`` files in ``folder`` of processes that no longer run
+    (killed outright while writing). Done once per folder and process: a folder of many
+    outputs (processed images) is listed once, not once per file."""
+    folder = Path(folder)
+    key = str(folder.resolve())
+    if key in _swept:
+        return []
+    _swept.add(key)
     removed = []
     try:
-        siblings = list(path.parent.iterdir())
+        entries = list(os.scandir(folder))
     except FileNotFoundError:
         return removed
-    for p in siblings:
-        m = pattern.match(p.name)
+    for entry in entries:
+        m = _TEMPORARY.match(entry.name)
         if m and int(m[1]) != os.getpid() and not _pid_alive(int(m[1])):
-            p.unlink(missing_ok=True)
-            removed.append(p)
+            Path(entry.path).unlink(missing_ok=True)
+            removed.append(Path(entry.path))
     return removed
 
 
@@ -85,7 +94,7 @@ def atomic_write_many(items: Sequence[tuple[str | os.PathLike, Callable[[Path], 
         for target, write in items:
             target = Path(target)
             target.parent.mkdir(parents=True, exist_ok=True)
-            remove_stale_temporaries(target)
+            remove_stale_temporaries(target.parent)
             tmp = temporary_path(target)
             pending.append((tmp, target))
             write(tmp)

@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from fundusfm.models.factory import create, head_prefixes
+from fundusfm.fileio import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -178,9 +179,7 @@ def read_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> tupl
     state = _unwrap(torch.load(path, map_location="cpu", weights_only=False), path)
     state = {k: v.detach().contiguous() for k, v in state.items()}
     try:
-        tmp = converted.with_name(converted.name + ".tmp")
-        save_file(state, str(tmp))
-        os.replace(tmp, converted)
+        atomic_write(converted, lambda p: save_file(state, str(p)))
         log.info("converted %s to %s", path, converted)
         return state, str(converted)
     except OSError as exc:  # read-only location: still usable, just not cached

@@ -41,11 +41,16 @@ def load_trained(out_dir: str | Path, device: str | torch.device = "cpu") -> tup
     return model.to(device).eval(), meta
 
 
+def cuda_available() -> bool:
+    """Whether this process can use a GPU: the one probe every device choice asks."""
+    return torch.cuda.is_available()
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
     if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda" if cuda_available() else "cpu")
     dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
+    if dev.type == "cuda" and not cuda_available():
         raise RuntimeError("--device cuda requested but no CUDA device is available")
     return dev

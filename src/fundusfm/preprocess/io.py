@@ -22,6 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
+from fundusfm.fileio import atomic_write
 
 # We run our own pixel-count guard (max_pixels) before any decode; Pillow's own
 # DecompressionBombWarning would only duplicate it.
@@ -178,9 +179,5 @@ def encode_image(arr: np.ndarray, fmt: str) -> bytes:
 
 def write_image(arr: np.ndarray, path: str | os.PathLike, fmt: str) -> None:
     """Write an RGB uint8 array as PNG (fast zlib level) or JPEG q95, atomically."""
-    path = Path(path)
     data = encode_image(arr, fmt)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic_write(path, lambda p: p.write_bytes(data))

@@ -25,6 +25,7 @@ from fundusfm.preprocess import crop as _crop
 from fundusfm.preprocess.fov import detect_fov
 from fundusfm.preprocess.io import ImageReadError, read_image, write_image
 from fundusfm.preprocess.quality import QUALITY_SIZE, SCORES, QualityThresholds, grade, quality_scores
+from fundusfm.fileio import write_csv, write_text
 
 log = logging.getLogger(__name__)
 
@@ -189,10 +190,7 @@ def _work(args) -> dict:
     else:
         (out_dir / rel).unlink(missing_ok=True)  # stale output of an earlier run
     cache = out_dir / ".qc_cache" / f"{image_id}.json"
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(cache.name + ".tmp")
-    tmp.write_text(json.dumps({"key": key, "row": row}))
-    os.replace(tmp, cache)
+    write_text(cache, json.dumps({"key": key, "row": row}))
     return row
 
 
@@ -308,9 +306,7 @@ def preprocess_many(inputs, out_dir, spec: PreprocessSpec | None = None, workers
 
     df = pd.DataFrame([rows[i] for i, _ in inputs], columns=QC_COLUMNS)
     qc_path = out_dir / "qc.csv"
-    tmp = qc_path.with_name("qc.csv.tmp")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, qc_path)
+    write_csv(qc_path, df)
     counts = df["status"].value_counts().to_dict()
     log.info("preprocess: %d images: %d ok, %d rejected, %d errors -> %s", len(df), counts.get("ok", 0),
              counts.get("rejected", 0), counts.get("error", 0), qc_path)

@@ -30,6 +30,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from fundusfm.synth.draw import DEFECTS, Camera, Disease, render_fundus, render_non_fundus, sample_camera
+from fundusfm.fileio import write_csv
 
 log = logging.getLogger(__name__)
 
@@ -212,9 +213,7 @@ def make_dataset(out_dir: str | os.PathLike, n_patients: int, seed: int,
         with mp.get_context("fork" if hasattr(os, "fork") else "spawn").Pool(workers, _init_worker) as pool:
             rows = list(tqdm(pool.imap(_write_one, tasks, chunksize=chunk), **bar))
     df = labels_frame(rows)
-    tmp = labels_path.with_suffix(".csv.tmp")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, labels_path)
+    write_csv(labels_path, df)
     params = {"n_patients": n_patients, "seed": seed, "prevalence": parse_prevalence(prevalence),
               "defect_rate": defect_rate, "n_non_fundus": n_non_fundus, "scale": scale,
               "jpeg_quality": JPEG_QUALITY}
