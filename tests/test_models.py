@@ -145,25 +145,3 @@ def test_own_checkpoint_with_other_head_size_drops_head(tmp_path):
     assert "fc.0.weight" in report.loaded
     torch.testing.assert_close(dst.fc[0].weight, src.fc[0].weight)
     assert report.to_dict()["loaded"] == len(report.loaded)
-
-
-def test_retfound_mae_state_dict_maps_onto_timm_vit(tmp_path):
-    torch.manual_seed(1)
-    enc = timm.create_model("test_vit", num_classes=0, img_size=32)  # MAE encoder: final 'norm', no head
-    state = dict(enc.state_dict())
-    dim = enc.embed_dim
-    state["mask_token"] = torch.zeros(1, 1, dim)
-    state["decoder_embed.weight"] = torch.zeros(16, dim)
-    state["decoder_blocks.0.norm1.weight"] = torch.ones(16)
-    state["decoder_norm.weight"] = torch.ones(16)
-    state["decoder_pred.weight"] = torch.zeros(48, 16)
-    path = tmp_path / "RETFound_mae.pth"
-    torch.save({"model": state, "epoch": 3}, path)
-    target = timm.create_model("test_vit", num_classes=2, img_size=32, global_pool="avg")  # uses fc_norm
-    report = load_init(target, f"checkpoint:{path}")
-    assert report.renamed == {"norm": "fc_norm"}
-    assert sorted(report.dropped) == ["decoder_blocks.0.norm1.weight", "decoder_embed.weight",
-                                      "decoder_norm.weight", "decoder_pred.weight", "mask_token"]
-    assert not report.partial and sorted(report.head_reinitialised) == ["head.bias", "head.weight"]
-    torch.testing.assert_close(target.fc_norm.weight, enc.norm.weight)
-    torch.testing.assert_close(target.blocks[0].attn.qkv.weight, enc.blocks[0].attn.qkv.weight)

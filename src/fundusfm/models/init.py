@@ -6,11 +6,11 @@
 * ``imagenet``    timm's pretrained weights for the same architecture (timm's normal
   loading, offline cache or local file override, see :func:`fundusfm.models.factory.create`);
 * ``checkpoint:<path>``  external weights: a safetensors file or a torch state dict
-  (optionally nested under ``model`` / ``state_dict``, ``module.`` prefixes stripped),
+  (optionally nested under ``model`` / ``state_dict``, ``module.`` prefixes stripped), or
   the paper's released ResNet50 (a whole pickled ``DataParallel`` module, loaded only
-  with ``trust_pickle=True`` and converted once to ``<path>.safetensors``), or an
-  MAE / RETFound ViT state dict (decoder and mask token dropped, ``norm``/``fc_norm``
-  mapped, position embeddings resampled by timm).
+  with ``trust_pickle=True`` and converted once to ``<path>.safetensors``).  The key
+  layout is a *format* (:mod:`fundusfm.models.formats`: RETFound MAE, RETFound-Green,
+  DINOv2, FLAIR, the paper's release, timm names), detected from the keys unless named.
 
 Every load returns a :class:`KeyReport`.  Head keys (timm's classifier attribute) that
 do not fit are dropped and the head keeps its fresh initialisation; anything else that
@@ -19,6 +19,7 @@ does not match is a partial load, which fails unless ``allow_partial=True``.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import pickle
@@ -34,13 +35,16 @@ from fundusfm.fileio import atomic_write
 
 log = logging.getLogger(__name__)
 
-# keys of MAE pretraining that have no counterpart in an encoder-only model
-MAE_DROP_PREFIXES = ("decoder_", "mask_token")
-NESTED_KEYS = ("model", "state_dict", "model_state_dict", "module", "net")
+NESTED_KEYS = ("model", "state_dict", "model_state_dict", "module", "net", "teacher")  # teacher: DINOv2
 
 
 class InitError(RuntimeError):
-    """An init source could not be loaded into the model as asked."""
+    """An init source could not be loaded into the model as asked (``report``: the key
+    report of the attempted match, when there was one)."""
+
+    def __init__(self, message: str, report: "KeyReport | None" = None):
+        super().__init__(message)
+        self.report = report
 
 
 @dataclass
@@ -58,6 +62,8 @@ class KeyReport:
     dropped: list[str] = field(default_factory=list)  # source keys dropped on purpose (MAE decoder)
     renamed: dict[str, str] = field(default_factory=dict)
     converted_to: str | None = None
+    format: str | None = None  # checkpoint format (models.formats); "(auto)" when detected
+    fresh: list[str] = field(default_factory=list)  # model keys left fresh on purpose (MAE fc_norm)
 
     @property
     def partial(self) -> bool:
@@ -74,6 +80,10 @@ class KeyReport:
             f"head re-initialised {len(self.head_reinitialised)}",
             f"head keys dropped {len(self.head_dropped)}",
         ]
+        if self.format:
+            parts.insert(1, f"format {self.format}")
+        if self.fresh:
+            parts.append(f"fresh on purpose {self.fresh}")
         if self.dropped:
             parts.append(f"dropped on purpose {len(self.dropped)}")
         if self.renamed:
@@ -166,7 +176,9 @@ def read_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> tupl
         log.info("using the safetensors conversion %s of %s", converted, path)
         return load_file(str(converted)), str(converted)
     try:
-        return _unwrap(torch.load(path, map_location="cpu", weights_only=True), path), None
+        # MAE / RETFound checkpoints carry their argparse.Namespace ('args'): plain data
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return _unwrap(torch.load(path, map_location="cpu", weights_only=True), path), None
     except pickle.UnpicklingError as exc:
         if not trust_pickle:
             raise InitError(
@@ -187,35 +199,6 @@ def read_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> tupl
         return state, None
 
 
-def adapt_vit_state(model: nn.Module, state: dict[str, torch.Tensor], report: KeyReport) -> dict[str, torch.Tensor]:
-    """Map an MAE / RETFound encoder state dict onto a timm VisionTransformer."""
-    from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
-
-    out = {}
-    for key, value in state.items():
-        if key.startswith(MAE_DROP_PREFIXES):
-            report.dropped.append(key)
-        else:
-            out[key] = value
-    target = model.state_dict()
-    # MAE pretrains with a final 'norm'; timm's global-average-pool ViTs use 'fc_norm' instead
-    for a, b in (("norm.", "fc_norm."), ("fc_norm.", "norm.")):
-        if any(k.startswith(a) for k in out) and not any(k.startswith(a) for k in target) and any(
-            k.startswith(b) for k in target
-        ) and not any(k.startswith(b) for k in out):
-            for k in [k for k in out if k.startswith(a)]:
-                out[b + k[len(a):]] = out.pop(k)
-            report.renamed[a.rstrip(".")] = b.rstrip(".")
-            break
-    if isinstance(model, VisionTransformer):
-        out = checkpoint_filter_fn(out, model)  # resamples pos_embed / patch_embed to the model
-    return out
-
-
-def _looks_like_vit(state: dict) -> bool:
-    return any(k.startswith("blocks.") for k in state) and any(k.startswith("patch_embed.") for k in state)
-
-
 def load_init(
     model: nn.Module,
     init_spec: str,
@@ -223,8 +206,12 @@ def load_init(
     trust_pickle: bool = False,
     allow_partial: bool = False,
     imagenet_weights: str | os.PathLike | None = None,
+    checkpoint_format: str = "auto",
 ) -> KeyReport:
     """Load the init source ``init_spec`` into ``model`` in place and return the key report.
+
+    ``checkpoint_format`` names the key layout of a ``checkpoint:`` file (one of
+    :func:`fundusfm.models.formats.names`; ``auto`` detects it from the keys).
 
     Raises :class:`InitError` when nothing of the backbone matches (wrong architecture),
     or when the match is partial beyond the head and ``allow_partial`` is False.
@@ -238,7 +225,7 @@ def load_init(
         ref = create(arch, num_classes=1000, head="timm", pretrained_init="imagenet", imagenet_weights=imagenet_weights)
         state = ref.state_dict()
         source = f"imagenet:{arch}"
-        converted = None
+        converted, path, checkpoint_format = None, None, "timm"
     elif init_spec.startswith("checkpoint:"):
         path = init_spec[len("checkpoint:"):]
         state, converted = read_checkpoint(path, trust_pickle=trust_pickle)
@@ -246,11 +233,14 @@ def load_init(
     else:
         raise InitError(f"unknown init {init_spec!r}: use random | imagenet | checkpoint:<path>")
 
-    pre = KeyReport(source=source)
-    if _looks_like_vit(state):
-        state = adapt_vit_state(model, state, pre)
+    from fundusfm.models import formats  # formats builds on this module
+
+    pre, raw = KeyReport(source=source), state
+    ck = formats.checkpoint_from(state, path, unpickled=converted is not None)
+    state = formats.convert(ck, model, pre, checkpoint_format)
     keep, report = match_state_dict(model, state, source)
-    report.dropped, report.renamed, report.converted_to = pre.dropped, pre.renamed, converted
+    report.converted_to = converted
+    formats.finish_report(report, pre)
     log.info("init %s", report.summary())
     if not report.loaded or len(report.loaded) < 0.5 * report.n_model_keys:
         raise InitError(
@@ -258,12 +248,13 @@ def load_init(
             f"only {len(report.loaded)} of {report.n_model_keys} model keys match "
             f"(e.g. missing {report.missing[:3]}, unexpected {report.unexpected[:3]}, "
             f"shape mismatch {report.shape_mismatch[:3]}). Is it a checkpoint of another architecture?"
+            + formats.seen_note(report, raw), report=report,
         )
     if report.partial and not allow_partial:
         raise InitError(
             f"{source} matches only partly beyond the head: {report.summary()}. "
             f"missing {report.missing[:5]}, unexpected {report.unexpected[:5]}, "
-            f"shape mismatch {report.shape_mismatch[:5]}. Pass --allow-partial to accept."
+            f"shape mismatch {report.shape_mismatch[:5]}. Pass --allow-partial to accept.", report=report,
         )
     model.load_state_dict(keep, strict=False)
     return report
