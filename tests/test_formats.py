@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+from pathlib import Path
 
 import pytest
 import timm
@@ -423,17 +424,20 @@ def _wrong_architecture_cases(tmp_path, flair_state):
     dino = tmp_path / "dinov2_vits14_pretrain.pth"
     torch.save(dino_state, dino)
     green = timm.create_model("vit_small_patch14_reg4_dinov2", img_size=224, num_classes=2, depth=1)
-    return [(mae, wider, "shape_mismatch"), (flair, create("resnet18", 2), "missing"), (dino, green, "shape_mismatch")]
+    return [(mae, wider, "shape_mismatch", "arch vit_large_patch16_224"),
+            (flair, create("resnet18", 2), "missing", "arch resnet50, img_size 512"),
+            (dino, green, "shape_mismatch", "arch vit_base_patch14_dinov2")]
 
 
 def test_wrong_architecture_checkpoints_fail_with_the_key_report(tmp_path, flair_model):
-    for path, model, kind in _wrong_architecture_cases(tmp_path, flair_model[1]):
+    for path, model, kind, authors in _wrong_architecture_cases(tmp_path, flair_model[1]):
         with pytest.raises(InitError, match="does not fit .*another architecture|matches only partly") as exc:
             load_init(model, f"checkpoint:{path}")
         report = exc.value.report
         assert isinstance(report, KeyReport) and report.partial and getattr(report, kind), (path, report.summary())
         assert report.format.endswith("(auto)") and report.format.split()[0] in formats.FORMATS
         assert f"unexpected {report.unexpected[:3]}"[:-1] in str(exc.value)  # the report, in the message
+        assert f"Its authors' model: {authors}" in str(exc.value)
 
 
 def test_registry_lists_every_published_format_with_its_source():
@@ -442,3 +446,5 @@ def test_registry_lists_every_published_format_with_its_source():
                                     "safetensors", "state_dict", "timm"}
     for fmt in formats.FORMATS.values():
         assert fmt.description and fmt.published
+    doc = (Path(__file__).parents[1] / "docs" / "checkpoint-formats.md").read_text()
+    assert all(f"| `{name}` |" in doc for name in formats.FORMATS)  # one table row each

@@ -475,6 +475,9 @@ def finish_report(report: KeyReport, pre: KeyReport) -> None:
 def seen_note(report: KeyReport, state: dict[str, torch.Tensor]) -> str:
     """For a load that does not fit: the format it was read as and what the file holds."""
     note = f" Read as format {report.format}."
+    authors = FORMATS.get((report.format or "").split(" ")[0])
+    if authors is not None and authors.model:
+        note += f" Its authors' model: {', '.join(f'{k} {v}' for k, v in authors.model.items())}."
     if report.format in {f"{n} (auto)" for n in OWN_NAME_FORMATS}:
         known = ", ".join(n for n in FORMATS if n not in OWN_NAME_FORMATS)
         note += f" No known foundation-model layout ({known}) matched its keys; name the format if you know it."

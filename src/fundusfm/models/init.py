@@ -254,7 +254,8 @@ def load_init(
         raise InitError(
             f"{source} matches only partly beyond the head: {report.summary()}. "
             f"missing {report.missing[:5]}, unexpected {report.unexpected[:5]}, "
-            f"shape mismatch {report.shape_mismatch[:5]}. Pass --allow-partial to accept.", report=report,
+            f"shape mismatch {report.shape_mismatch[:5]}. Pass --allow-partial to accept."
+            + formats.seen_note(report, raw), report=report,
         )
     model.load_state_dict(keep, strict=False)
     return report
