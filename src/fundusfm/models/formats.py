@@ -7,24 +7,19 @@ then matches the result key by key.  ViT position embeddings are resampled to th
 grid by timm's own ``checkpoint_filter_fn`` (``timm.layers.resample_abs_pos_embed``) when
 the input size differs from the checkpoint's.
 
-=================  ==========================================================================
-``retfound_mae``   RETFound / MAE pretraining checkpoints ``{"model": ..., "args": ...}``;
-                   decoder and mask token dropped; ``norm`` / ``fc_norm`` as RETFound's
-                   ``main_finetune.py`` (global-pool model: ``norm`` dropped, ``fc_norm`` fresh)
-``retfound_green`` RETFound-Green: a timm ``vit_small_patch14_reg4_dinov2`` state dict at 392 px
-``dinov2``         DINOv2 hub files (``ls1.gamma``, 518-px grid, ``register_tokens``,
-                   ``mask_token``) and DINOv2 teacher checkpoints (``{"teacher": backbone.*}``),
-                   converted by timm's own DINOv2 conversion
-``flair``          FLAIR: the torchvision ResNet50 under ``vision_model.model.``; text tower,
-                   projection and temperature dropped
-``paper_pickle``   the paper's release (arXiv 2408.08790): a pickled ``DataParallel``
-                   torchvision ResNet50 with the 2048->512->BN->ReLU head (``trust_pickle``)
-``safetensors``    a safetensors file in the model's own (timm) key names
-``state_dict``     a torch file holding a state dict in the model's own names (nested under
-                   ``model`` / ``state_dict``, ``module.`` prefixes stripped)
-``timm``           the model's own names, either container (timm's own pretrained weights)
-``auto``           the layout detected from the keys (:func:`detect`)
-=================  ==========================================================================
+* ``retfound_mae``: RETFound / MAE pretraining checkpoints ``{"model": ..., "args": ...}``;
+  decoder and mask token dropped; ``norm`` / ``fc_norm`` as RETFound's ``main_finetune.py``
+  (a global-pool model: ``norm`` dropped, ``fc_norm`` fresh);
+* ``retfound_green``: RETFound-Green, a timm ``vit_small_patch14_reg4_dinov2`` state dict at 392 px;
+* ``dinov2``: DINOv2 hub files (``ls1.gamma``, 518-px grid, ``register_tokens``, ``mask_token``)
+  and teacher checkpoints (``{"teacher": backbone.*}``), converted by timm's own DINOv2 conversion;
+* ``flair``: FLAIR's torchvision ResNet50 under ``vision_model.model.``; text tower,
+  projection and temperature dropped;
+* ``paper_pickle``: the paper's release (arXiv 2408.08790), a pickled ``DataParallel``
+  torchvision ResNet50 with the 2048->512->BN->ReLU head (``trust_pickle``);
+* ``safetensors`` / ``state_dict``: a safetensors / torch file in the model's own (timm) key
+  names (``module.`` prefixes stripped); ``timm``: the same, either container;
+* ``auto``: the layout detected from the keys (:func:`detect`).
 
 Where each layout is published, and the code it was read from, is in
 ``docs/checkpoint-formats.md`` and in each format's ``published`` field.
