@@ -2,6 +2,23 @@
 # preprocess (FOV crop, resize, quality), check overlaps and split each task.
 
 
+def ingest_entry(dataset):
+    """The dataset's config entry as ingest reads it: without its `preprocess:` block, so
+    tuning that dataset's preprocessing reruns preprocess, not ingest."""
+    return {k: v for k, v in config["datasets"][dataset].items() if k != "preprocess"}
+
+
+def preprocess_setting(dataset, key):
+    """A preprocessing setting of one dataset: `datasets.<name>.preprocess.<key>` over the
+    global `preprocess.<key>` (thresholds merge key by key). Per job, so changing one
+    dataset's value reruns only that dataset's preprocess."""
+    own = config["datasets"][dataset].get("preprocess") or {}
+    base = config["preprocess"].get(key)
+    if key == "thresholds":
+        return {**(base or {}), **(own.get("thresholds") or {})}
+    return own.get(key, base)
+
+
 rule synth:
     """Draw a synthetic fundus dataset (only for datasets with a `synth:` block)."""
     output:
@@ -32,14 +49,18 @@ rule ingest:
     conda:
         "../envs/fundusfm.yaml"
     params:
-        cfg=lambda wc: q(config["datasets"][wc.dataset]),
+        cfg=lambda wc: q(ingest_entry(wc.dataset)),
+        # every problem of a failed ingest; not an output, so Snakemake keeps it
+        problems=f"{R}/logs/ingest/{{dataset}}.problems.csv",
     shell:
         "fundusfm ingest --name {wildcards.dataset} --config-json {params.cfg} "
-        "--out {output.manifest} --report {output.report} > {log} 2>&1"
+        "--out {output.manifest} --report {output.report} --problems {params.problems} > {log} 2>&1"
 
 
 rule preprocess:
-    """FOV crop + resize + quality check; one QC row per manifest row."""
+    """FOV crop + resize + quality check; one QC row per manifest row. When the job fails
+    (too many rejects), Snakemake deletes its outputs: the QC table and gallery are first
+    copied to results/logs/preprocess/<dataset>/ so the user can see why."""
     input:
         manifest=f"{R}/manifests/{{dataset}}.csv",
     output:
@@ -61,15 +82,20 @@ rule preprocess:
         size=config["preprocess"]["size"],
         normalise=config["preprocess"]["normalise"],
         format=config["preprocess"]["format"],
-        max_reject=config["preprocess"]["max_reject_fraction"],
-        thresholds=lambda wc: q(config["preprocess"].get("thresholds", {})),
+        max_reject=lambda wc: preprocess_setting(wc.dataset, "max_reject_fraction"),
+        thresholds=lambda wc: q(preprocess_setting(wc.dataset, "thresholds")),
         out=lambda wc: f"{R}/preprocessed/{wc.dataset}",
+        kept=lambda wc: f"{R}/logs/preprocess/{wc.dataset}",
     shell:
+        "rm -rf {params.kept}; "
         "fundusfm preprocess --manifest {input.manifest} --root {params.root} "
         "--out {params.out} --size {params.size} "
         "--normalise {params.normalise} --format {params.format} "
         "--max-reject-fraction {params.max_reject} --thresholds {params.thresholds} "
-        "--workers {threads} --gallery {output.gallery} --no-progress > {log} 2>&1"
+        "--workers {threads} --gallery {output.gallery} --no-progress > {log} 2>&1 "
+        "|| {{ rc=$?; mkdir -p {params.kept}; "
+        "cp -f {output.qc} {output.gallery} {params.kept}/ 2>/dev/null || true; "
+        "echo \"failed (rc $rc): QC table and gallery kept in {params.kept}/\" >> {log}; exit $rc; }}"
 
 
 rule overlap:

@@ -16,6 +16,7 @@ import sys
 # verb -> (package whose cli module holds <verb>_main, one-line help)
 VERBS: dict[str, tuple[str, str]] = {
     "synth": ("synth", "draw a synthetic fundus dataset (images + labels CSV)"),
+    "check-dataset": ("data", "check a dataset before a study (images, ids, labels, splits)"),
     "ingest": ("data", "turn a dataset as distributed into a manifest CSV"),
     "preprocess": ("preprocess", "FOV crop, resize, normalise and quality-check images"),
     "split": ("data", "patient-grouped splits of a task (leak-checked)"),

@@ -21,6 +21,32 @@ def _verbose(on: bool) -> None:
         logging.getLogger("fundusfm").setLevel(logging.DEBUG)
 
 
+PROBLEM_FIELDS = ("file", "row", "column", "value", "message")
+
+
+def write_problems(path: Path, problems: list[dict]) -> None:
+    """Every problem as a CSV (file, row, column, value, message), one line each."""
+    frame = pd.DataFrame([{k: p.get(k, "") for k in PROBLEM_FIELDS} for p in problems], columns=list(PROBLEM_FIELDS))
+    atomic_write(path, lambda t: frame.to_csv(t, index=False))
+
+
+def problems_message(prog: str, error, problems_file: Path | None, shown: int = 25) -> str:
+    """The text a user reads for a ManifestError: every problem, or the first ``shown`` and
+    where the full list was written (``problems_file``)."""
+    from fundusfm.data.manifest import format_problem
+
+    problems = error.problems
+    head = f"{prog}: dataset {error.dataset!r}: {len(problems)} problem(s)"
+    if problems_file is None:
+        return "\n".join([head] + ["  " + format_problem(p) for p in problems])
+    write_problems(problems_file, problems)
+    lines = [head + f"; all of them are listed in {problems_file}"]
+    lines += ["  " + format_problem(p) for p in problems[:shown]]
+    if len(problems) > shown:
+        lines.append(f"  ... and {len(problems) - shown} more, in {problems_file}")
+    return "\n".join(lines)
+
+
 def ingest_main(argv: list[str] | None = None) -> int:
     """``fundusfm ingest --name DS --config-json JSON --out manifest.csv [--report report.json]``."""
     from fundusfm.data.adapters import read_dataset
@@ -32,6 +58,9 @@ def ingest_main(argv: list[str] | None = None) -> int:
                    help="the dataset's config entry as JSON (adapter, root, options), or @file.json")
     p.add_argument("--out", required=True, type=Path, help="manifest CSV to write")
     p.add_argument("--report", type=Path, help="JSON report (unmapped labels, exclusions, unlabelled images)")
+    p.add_argument("--problems", type=Path,
+                   help="when ingest fails, write every problem here (CSV: file,row,column,value,message); "
+                        "removed when ingest succeeds. Without it every problem is printed")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     _verbose(args.verbose)
@@ -46,11 +75,13 @@ def ingest_main(argv: list[str] | None = None) -> int:
     try:
         df, report = read_dataset(args.name, cfg)
     except ManifestError as e:
-        print(f"fundusfm ingest: {e}", file=sys.stderr)
+        print(problems_message("fundusfm ingest", e, args.problems), file=sys.stderr)
         return 1
     except KeyError as e:
         print(f"fundusfm ingest: {e.args[0]}", file=sys.stderr)
         return 2
+    if args.problems is not None and args.problems.exists():
+        args.problems.unlink()  # from an earlier failed run: the dataset reads now
     atomic_write(args.out, lambda t: df.to_csv(t, index=False))
     if args.report:
         atomic_write(args.report, lambda t: t.write_text(json.dumps(report, indent=2, default=str)))
@@ -132,3 +163,38 @@ def split_main(argv: list[str] | None = None) -> int:
         counts = table[c].value_counts().to_dict()
         log.info("%s %s: %s", task["name"], c, ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
     return 0
+
+
+def check_dataset_main(argv: list[str] | None = None) -> int:
+    """``fundusfm check-dataset NAME --config my.yaml [--json out.json] [--strict]``."""
+    from fundusfm import config as fcfg
+    from fundusfm.data.check import check_dataset, format_text
+
+    p = argparse.ArgumentParser(prog="fundusfm check-dataset",
+                                description="check a dataset before a study: images listed / found / missing / "
+                                            "unlisted, patients, labels, unknown values, id collisions, splits")
+    p.add_argument("name", help="dataset name (a key under `datasets:` in the config)")
+    p.add_argument("--config", required=True, type=Path, help="the study config (the file given to --configfile)")
+    p.add_argument("--json", help="also write the result as JSON to this file (`-`: print JSON instead of text)")
+    p.add_argument("--strict", action="store_true", help="warnings fail too (exit 1)")
+    args = p.parse_args(argv)
+    logging.getLogger("fundusfm").setLevel(logging.WARNING)  # the result says it all; logging is set up by the dispatcher
+    logging.getLogger("fundusfm.data.adapters").setLevel(logging.ERROR)  # the result says it all
+    try:
+        config = fcfg.load(args.config)
+    except (fcfg.ConfigError, OSError) as e:
+        print(f"fundusfm check-dataset: {e}", file=sys.stderr)
+        return 2
+    datasets = config.get("datasets") or {}
+    if args.name not in datasets:
+        print(f"fundusfm check-dataset: no dataset {args.name!r} in {args.config}; its datasets: "
+              f"{', '.join(sorted(datasets))}", file=sys.stderr)
+        return 2
+    result = check_dataset(args.name, datasets[args.name], config)
+    if args.json == "-":
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        print(format_text(result))
+        if args.json:
+            atomic_write(Path(args.json), lambda t: t.write_text(json.dumps(result, indent=2, default=str)))
+    return 1 if result["errors"] or (args.strict and result["warnings"]) else 0

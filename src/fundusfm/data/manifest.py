@@ -39,7 +39,7 @@ class ManifestError(ValueError):
         for p in problems[:MAX_LISTED]:
             lines.append("  " + format_problem(p))
         if len(problems) > MAX_LISTED:
-            lines.append(f"  ... and {len(problems) - MAX_LISTED} more (see the exception's .problems)")
+            lines.append(f"  ... and {len(problems) - MAX_LISTED} more")
         super().__init__("\n".join(lines))
 
 
@@ -78,6 +78,11 @@ def path_escapes(path: str) -> bool:
     return norm == ".." or norm.startswith("../") or PurePosixPath(norm).is_absolute()
 
 
+def _inside(real_root: str, real_path: str) -> bool:
+    """True when the resolved ``real_path`` lies under the resolved ``real_root``."""
+    return real_path == real_root or real_path.startswith(real_root.rstrip(os.sep) + os.sep)
+
+
 def _as_label(value, column: str):
     """Coerce one cell to its vocabulary value; returns (value, ok)."""
     if value is None or (not isinstance(value, str) and pd.isna(value)):
@@ -112,6 +117,7 @@ def validate_manifest(df: pd.DataFrame, dataset: str, root: str | Path, check_fi
     ``drop_provenance`` is false.
     """
     root = Path(root)
+    real_root = os.path.realpath(root)
     src = f"{dataset} manifest"
     # header problems point at the CSV itself when it came from a file (adapter `manifest`)
     header_file = src
@@ -170,6 +176,10 @@ def validate_manifest(df: pd.DataFrame, dataset: str, root: str | Path, check_fi
         elif check_files and not (root / p).is_file():
             problems.append(problem(out, i, "path", p, f"image file missing under {root} "
                                     "(fix the path, or list the image in `exclude:` / set `on_missing: exclude`)", src))
+        elif check_files and not _inside(real_root, os.path.realpath(root / p)):
+            problems.append(problem(out, i, "path", p, f"resolves to {os.path.realpath(root / p)}, outside the dataset "
+                                    f"root {real_root} (a symlink out of the root); copy the file in, or point `root:` "
+                                    "at a folder that holds it", src))
     for i, e in enumerate(out["eye"]):
         if e not in EYES:
             problems.append(problem(out, i, "eye", e, "eye must be L, R or U", src))

@@ -6,7 +6,12 @@
 - ``exclude``: image ids to drop on purpose (listed in the report with reason ``config exclude``);
 - ``on_missing``: ``error`` (default) or ``exclude`` for images a labels file lists but the disk lacks;
 - ``on_unlabelled``: ``report`` (default) or ``error`` for images on disk that no label covers;
-- ``exhaustive``: override whether all-negative disease labels mean ``normal`` (see vocab).
+- ``exhaustive``: override whether all-negative disease labels mean ``normal`` (see vocab);
+- ``on_quality_reject``: ``exclude`` or ``keep`` images whose grader ``quality`` is ``reject``
+  (ungradable). The default excludes them for a user's own data (``csv``, ``manifest``) and keeps
+  them for the public adapters, whose quality grades are labels of their own (EyeQ, Messidor-2);
+- ``preprocess``: per-dataset ``max_reject_fraction`` / ``thresholds`` (read by the workflow's
+  preprocess rule, not by ingest).
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ ADAPTERS: dict[str, Adapter] = {a.name: a for a in [
 ALIASES = {"aptos": "aptos2019", "kaggle_dr": "eyepacs", "kaggle_dr2015": "eyepacs", "messidor": "messidor2",
            "messidor-2": "messidor2", "odir": "odir5k", "odir-5k": "odir5k", "glaucoma-fundus": "glaucoma_fundus",
            "retfound_benchmark": "retfound"}
-COMMON_OPTIONS = {"adapter", "root", "exclude", "on_missing", "on_unlabelled", "exhaustive"}
+COMMON_OPTIONS = {"adapter", "root", "exclude", "on_missing", "on_unlabelled", "exhaustive", "on_quality_reject",
+                  "preprocess"}
 # Keys each adapter reads besides COMMON_OPTIONS. Any other key in a dataset entry is a typo
 # (`image_column` for `image_col`) that would otherwise be ignored without a word.
 ADAPTER_OPTIONS: dict[str, frozenset[str]] = {
@@ -51,7 +57,8 @@ ADAPTER_OPTIONS: dict[str, frozenset[str]] = {
     "deepdrid": frozenset({"labels_file", "val_labels_file"}),
     "retfound": frozenset({"class_map"}),
     "csv": frozenset({"labels_file", "image_col", "patient_col", "eye_col", "split_col", "split_map", "label_map",
-                      "value_map", "path_template", "sheet"}),
+                      "value_map", "path_template", "sheet", "header_row", "id_template", "date_columns", "eyes",
+                      "quality_col", "quality_map", "image_glob"}),
     "imagefolder": frozenset({"class_map", "split_dirs"}),
     "manifest": frozenset({"path"}),
     "synth": frozenset({"synth"}),
@@ -146,7 +153,8 @@ def read_dataset(name: str, cfg: dict) -> tuple[pd.DataFrame, dict]:
     on_missing = cfg.get("on_missing", "error")
     on_unlabelled = cfg.get("on_unlabelled", "report")
     for key, value, allowed in (("on_missing", on_missing, ("error", "exclude")),
-                                ("on_unlabelled", on_unlabelled, ("report", "error"))):
+                                ("on_unlabelled", on_unlabelled, ("report", "error")),
+                                ("on_quality_reject", cfg.get("on_quality_reject", "exclude"), ("exclude", "keep"))):
         if value not in allowed:
             raise ManifestError(name, [{"file": "config", "row": "", "column": key, "value": str(value),
                                         "message": f"must be one of {allowed}"}])
@@ -162,6 +170,13 @@ def read_dataset(name: str, cfg: dict) -> tuple[pd.DataFrame, dict]:
     df = _finish(df, ctx, adapter, on_missing, on_unlabelled)
     log.info("%s: %d images, %d patients (%s adapter)", name, len(df), df["patient_id"].nunique(), adapter.name)
     return df, report.to_dict(df)
+
+
+def quality_reject_default(adapter: str) -> str:
+    """``on_quality_reject`` when the config does not say: a user's own data (``csv``,
+    ``manifest``) drops what its grader called ungradable; the public adapters keep their
+    quality grades as labels (EyeQ's grading task, Messidor-2's gradable flag)."""
+    return "exclude" if adapter in {"csv", "manifest"} else "keep"
 
 
 def _finish(df: pd.DataFrame, ctx: Context, adapter: Adapter, on_missing: str, on_unlabelled: str) -> pd.DataFrame:
@@ -185,6 +200,12 @@ def _finish(df: pd.DataFrame, ctx: Context, adapter: Adapter, on_missing: str, o
     for i in df.index[ids.isin(excluded)]:
         keep[i] = False
         report.excluded.append(_excluded_row(df, i, "config exclude"))
+
+    if "quality" in df.columns and ctx.cfg.get("on_quality_reject", quality_reject_default(adapter.name)) == "exclude":
+        graded = df["quality"].map(lambda v: "" if v is None or (not isinstance(v, str) and pd.isna(v)) else str(v).strip().lower())
+        for i in df.index[graded.eq("reject") & keep]:
+            keep[i] = False
+            report.excluded.append(_excluded_row(df, i, "grader quality: reject"))
 
     paths = df["path"].fillna("").astype(str).str.replace("\\", "/", regex=False)
     missing = [i for i in df.index if keep[i] and paths[i] and not path_escapes(paths[i]) and not (root / paths[i]).is_file()]
@@ -210,6 +231,14 @@ def _finish(df: pd.DataFrame, ctx: Context, adapter: Adapter, on_missing: str, o
                                         "message": "image on disk has no label (on_unlabelled: error)"}
                                        for f in report.unlabelled_images])
 
+    if not keep.any():
+        reasons: dict[str, int] = {}
+        for e in report.excluded:
+            reasons[e["reason"]] = reasons.get(e["reason"], 0) + 1
+        raise ManifestError(ctx.name, [{"file": str(root), "row": "", "column": "", "value": "",
+                                        "message": f"all {len(df)} listed images were excluded ("
+                                                   + ", ".join(f"{n} {r}" for r, n in sorted(reasons.items()))
+                                                   + "); nothing is left to study"}])
     df = df[keep].reset_index(drop=True)
     df.attrs = attrs
     if "source_label" in df.columns:

@@ -194,8 +194,13 @@ def read_table(path: Path, dataset: str, header_row: int = 0, sheet=0) -> pd.Dat
         if path.suffix.lower() in {".xlsx", ".xlsm", ".xls"}:
             raw = pd.read_excel(path, sheet_name=sheet, header=None, dtype=str)
         else:
+            # title lines above the header have fewer fields than the table: skip them here
+            # and pad back, so `_row` stays the line a user sees
             raw = pd.read_csv(path, header=None, dtype=str, keep_default_na=False, encoding="utf-8-sig",
-                              skip_blank_lines=False)
+                              skip_blank_lines=False, skiprows=header_row)
+            if header_row:
+                pad = pd.DataFrame([[""] * raw.shape[1]] * header_row, columns=raw.columns)
+                raw = pd.concat([pad, raw], ignore_index=True)
     except Exception as e:  # any parser / zip / encoding error: the file is not usable as given
         raise ManifestError(dataset, [{"file": str(path), "row": "", "column": "", "value": "",
                                        "message": f"unreadable label file ({type(e).__name__}: {e})"}]) from e
