@@ -3,6 +3,14 @@
 include: "Snakefile"
 
 
+rule study:
+    """The whole study (the workflow's `all`): this file's default target, since an
+    included file's default target does not carry over and would be my first rule."""
+    default_target: True
+    input:
+        rules.all.input,
+
+
 rule clinic_b_manifest:
     """Manifest of the clinic B export (one folder per patient and visit, JSON sidecars)."""
     input:
