@@ -25,7 +25,7 @@ DIAGNOSES = {True: "Glaucoma", False: "No glaucoma"}
 
 
 def make_hospital_export(root: Path, n_patients: int = 12, visits: int = 2, faults: bool = False,
-                         scale: float = 0.4) -> Path:
+                         scale: float = 0.6) -> Path:
     """Write the export under ``root`` (``root/export.xlsx`` + ``root/images/<MRN>/...``).
 
     ``faults``: one row's MRN typed without its leading zeros (its file is then missing, and

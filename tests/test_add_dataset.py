@@ -234,3 +234,23 @@ def test_wrong_dataset_key_fails_the_config_check_naming_file_and_key(tmp_path):
     with pytest.raises(fcfg.ConfigError) as e:
         fcfg.load(path)
     assert str(path) in str(e.value) and "datasets.clinic_a.image_column" in str(e.value)
+
+
+def test_own_rule_route_command_plans_the_whole_study(tmp_path):
+    """Way (b)'s documented command, `snakemake -s my_study.smk --cores all --configfile my.yaml`,
+    plans the whole study: an `include:` does not carry the workflow's default target over,
+    so without my_study.smk's own default target it would plan only the user's rule. The
+    doc shows the tested file."""
+    doc = (REPO / "docs" / "adding-a-dataset.md").read_text()
+    assert (CASE / "my_study.smk").read_text() in doc.replace("```python\n", "")
+    wd = copy_workflow(tmp_path)
+    make_clinic_a(wd / "data" / "clinic_a", n_patients=2)
+    make_clinic_b(wd / "data" / "clinic_b", n_patients=2)
+    shutil.copy(CASE / "my_study.smk", wd / "my_study.smk")
+    study_config(wd)
+    p = smk(wd, "-s", "my_study.smk", "-n", "--configfile", "config/add.yaml")
+    stats = p.stdout.split("Job stats:", 1)[1].split("\n\n", 1)[0]
+    counts = {parts[0]: int(parts[1]) for parts in (line.split() for line in stats.splitlines()[3:])
+              if len(parts) == 2 and parts[1].isdigit()}
+    assert counts["study"] == 1 and counts["clinic_b_manifest"] == 1 and counts["ingest"] == 3
+    assert counts["finetune"] == 4 and counts["table"] == 2, counts

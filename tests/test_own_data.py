@@ -248,3 +248,96 @@ def test_check_dataset_without_patient_ids_warns(export):
     assert r["patients"]["images_without_patient_id"] == 15
     assert any("no patient ids" in w for w in r["warnings"])
     assert "no patient ids" in format_text(r)
+
+
+def test_patient_template_pads_an_mrn_that_lost_its_zeros(faulty):
+    cfg = hospital_cfg(faulty, on_unlabelled="report", patient_col=None, patient_template="{MRN:0>7}",
+                       path_template="images/{MRN:0>7}/{Visit date:%Y-%m-%d}/{MRN:0>7}_{Visit date:%Y%m%d}_{Eye}.jpg")
+    r = check_dataset("hosp", cfg)
+    assert r["images"]["missing"] == 0 and r["collisions"]["near_patient_ids"] == [] and r["patients"]["n"] == 4
+    assert option_problems("hosp", cfg) == []
+
+
+# ------------------------------------------------- docs/adding-a-dataset.md, as written
+def doc_block(marker: str, lang: str) -> str:
+    """The fenced ``lang`` block right after the ``<!-- tested: marker`` comment of the doc."""
+    text = (REPO / "docs" / "adding-a-dataset.md").read_text()
+    start = text.index(f"<!-- tested: {marker}")
+    block = text[start:].split(f"```{lang}\n", 1)[1].split("```", 1)[0]
+    return block
+
+
+def _run(cmd: str, wd: Path) -> "subprocess.CompletedProcess":
+    import shlex
+    import subprocess
+    import sys
+
+    argv = shlex.split(cmd)
+    if argv[0] == "snakemake":
+        argv = [sys.executable, "-m", "snakemake", *argv[1:]]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MLFLOW_TRACKING_URI=f"sqlite:///{wd}/results/mlflow.db")
+    return subprocess.run(argv, cwd=wd, capture_output=True, text=True, env=env)
+
+
+def _plan(p) -> dict[str, int]:
+    """Job counts of a dry run's 'Job stats' table."""
+    text = p.stdout + p.stderr
+    stats = text.split("Job stats:", 1)[1].split("\n\n", 1)[0]
+    out = {}
+    for line in stats.splitlines()[3:]:
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
+            out[parts[0]] = int(parts[1])
+    return out
+
+
+@pytest.mark.slow
+def test_the_hospital_walkthrough_runs_as_written(tmp_path):
+    """Every command of the doc's hospital section, in order, on the export it describes,
+    with the doc's own config block merged into tests/configs/tiny.yaml (its upstream set).
+    The last line, the full study, is run as a dry run (`-n`): training the grid is what
+    test_add_dataset.py's end-to-end test does; here it must plan the whole study."""
+    from test_add_dataset import copy_workflow
+
+    wd = copy_workflow(tmp_path)
+    make_hospital_export(wd / "data" / "hospital", n_patients=8)
+    doc = yaml.safe_load(doc_block("hospital config", "yaml"))
+    cfg = yaml.safe_load((REPO / "tests" / "configs" / "tiny.yaml").read_text())
+    cfg["datasets"] = {"up": cfg["datasets"]["up"], **doc["datasets"]}
+    cfg["tasks"] = doc["tasks"]
+    cfg["report"]["cam"], cfg["mlflow"] = False, {"enabled": False}
+    (wd / "my.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+    commands = [c for c in doc_block("hospital commands", "bash").splitlines() if c.strip()]
+    assert commands[0].startswith("fundusfm check-dataset hospital")
+    for cmd in commands:
+        full_run = cmd.startswith("snakemake") and "--until" not in cmd and " -n" not in cmd
+        p = _run(cmd + (" -n" if full_run else ""), wd)
+        assert p.returncode == 0, f"{cmd}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+        if cmd.startswith("fundusfm check-dataset"):
+            assert "images: 32 listed, 32 found, 0 missing, 0 on disk but unlisted, 1 excluded" in p.stdout, p.stdout
+        if full_run or " -n" in cmd:
+            plan = _plan(p)
+            assert plan.get("finetune", 0) == 5 * 4 * 2 and "ingest" not in plan, plan
+    man = pd.read_csv(wd / "results" / "manifests" / "hospital.csv", dtype=str)
+    assert len(man) == 31 and man["patient_id"].nunique() == 8
+    assert (wd / "results" / "preprocessed" / "hospital" / "qc.csv").is_file()
+
+    # this dataset's preprocessing settings rerun its preprocessing only (not ingest, not `up`)
+    cfg["datasets"]["hospital"]["preprocess"] = {"max_reject_fraction": 0.3, "thresholds": {"reject_min_contrast": 0.04}}
+    (wd / "my.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    p = _run("snakemake --cores all --configfile my.yaml --until overlap -n", wd)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert _plan(p) == {"preprocess": 1, "overlap": 1}, _plan(p)
+    assert "dataset=hospital" in p.stdout and "dataset=up" not in p.stdout
+
+    # a preprocess that rejects too much fails, and keeps its QC table and gallery for the user
+    cfg["datasets"]["hospital"]["preprocess"]["thresholds"] = {"usable_min_sharpness": 50.0, "reject_min_sharpness": 40.0}
+    (wd / "my.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    p = _run("snakemake --cores all --configfile my.yaml --until overlap", wd)
+    assert p.returncode != 0
+    kept = wd / "results" / "logs" / "preprocess" / "hospital"
+    qc = pd.read_csv(kept / "qc.csv", dtype=str)
+    assert len(qc) == 31 and (qc["status"] == "rejected").all() and (kept / "gallery.png").stat().st_size > 0
+    assert not (wd / "results" / "preprocessed" / "hospital" / "qc.csv").exists()  # Snakemake removed the output
+    assert str(Path("results/logs/preprocess/hospital")) in (wd / "results" / "logs" / "preprocess" / "hospital.log").read_text()

@@ -58,7 +58,7 @@ ADAPTER_OPTIONS: dict[str, frozenset[str]] = {
     "retfound": frozenset({"class_map"}),
     "csv": frozenset({"labels_file", "image_col", "patient_col", "eye_col", "split_col", "split_map", "label_map",
                       "value_map", "path_template", "sheet", "header_row", "id_template", "date_columns", "eyes",
-                      "quality_col", "quality_map", "image_glob"}),
+                      "quality_col", "quality_map", "image_glob", "patient_template"}),
     "imagefolder": frozenset({"class_map", "split_dirs"}),
     "manifest": frozenset({"path"}),
     "synth": frozenset({"synth"}),

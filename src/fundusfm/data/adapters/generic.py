@@ -86,7 +86,8 @@ def read_csv_adapter(ctx: Context):
       (``str.format`` over the row's columns, e.g. ``{MRN}/{Visit:%Y-%m-%d}/{MRN}_{Visit:%Y%m%d}_{Eye}.jpg``),
       ``id_template`` for the image id (default: from ``image_col``, else the file stem of the path),
       ``date_columns: {column: strptime format or null for ISO dates}``;
-    - ``patient_col``, ``eye_col``, ``split_col`` (+ ``split_map``), ``label_map: {label: column}``,
+    - ``patient_col`` or ``patient_template`` (e.g. ``{MRN:0>7}``: an MRN padded back to 7 digits),
+      ``eye_col``, ``split_col`` (+ ``split_map``), ``label_map: {label: column}``,
       ``value_map: {label: {source: value}}``;
     - ``eyes: {R: {field: column}, L: {field: column}}``: one row holds both eyes (wide export);
       each row gives one image per eye, the eye's columns seen under the field names;
@@ -133,6 +134,10 @@ def read_csv_adapter(ctx: Context):
     extra = ["image_id", "eye", "eye_odos"]
     path_tpl = _Template(ctx, "path_template", template_text, fields + extra) if template_text else None
     id_tpl = _Template(ctx, "id_template", ctx.option("id_template"), fields + ["eye", "eye_odos"]) if ctx.option("id_template") else None
+    pid_tpl = (_Template(ctx, "patient_template", ctx.option("patient_template"), fields)
+               if ctx.option("patient_template") else None)
+    if pid_tpl and ctx.option("patient_col"):
+        raise _config_error(ctx, "patient_template", pid_tpl.text, "give `patient_col` or `patient_template`, not both")
     if path_tpl and "image_id" in path_tpl.fields and not (image_col or id_tpl):
         raise _config_error(ctx, "path_template", template_text,
                             "uses {image_id}, but no `image_col` or `id_template` says what the id is")
@@ -170,6 +175,11 @@ def read_csv_adapter(ctx: Context):
                 iid = _stem(r[image_col])
             else:
                 iid = None
+            if pid_tpl:
+                tpl = pid_tpl
+                patient = pid_tpl.render(values)
+            else:
+                patient = r[ctx.option("patient_col")] if ctx.option("patient_col") else ""
             if path_tpl:
                 tpl = path_tpl
                 rel = path_tpl.render({**values, "image_id": iid})
@@ -212,7 +222,7 @@ def read_csv_adapter(ctx: Context):
         split = split_map.get(split.lower(), split.lower())
         records.append({
             "image_id": str(iid), "path": rel,
-            "patient_id": r[ctx.option("patient_col")] if ctx.option("patient_col") else "",
+            "patient_id": patient,
             "eye": eye,
             "split": split, **labels,
             **({"quality": quality} if quality_col else {}),
@@ -259,7 +269,7 @@ CSV = Adapter(
     layout="`labels_file` (relative to the root; `sheet` and `header_row` for spreadsheets with title rows), "
            "`image_col` (id, file name or relative path) and/or `path_template` (fields are the row's columns, "
            "e.g. `{MRN}/{Visit:%Y-%m-%d}/{MRN}_{Visit:%Y%m%d}_{Eye}.jpg`, with `date_columns` for dates), `id_template`, "
-           "optional `patient_col`, `eye_col` (L/left/OS, R/right/OD) or `eyes` (both eyes on one row), "
+           "optional `patient_col` or `patient_template` (e.g. `{MRN:0>7}`), `eye_col` (L/left/OS, R/right/OD) or `eyes` (both eyes on one row), "
            "`split_col` + `split_map`, `label_map: {label: column}`, "
            "`value_map: {label: {source value: harmonised value}}` (source values missing from it are reported), "
            "`quality_col` + `quality_map` (grader quality; `reject` images are excluded), "
