@@ -19,6 +19,22 @@ def preprocess_setting(dataset, key):
     return own.get(key, base)
 
 
+import os
+
+
+def ingest_inputs(wildcards):
+    """What ingest reads that may change: dataset_inputs plus a `csv` dataset's labels file,
+    so an edited sheet is read again."""
+    ds = config["datasets"][wildcards.dataset]
+    files = list(dataset_inputs(wildcards))
+    given = ds.get("labels_file")
+    if ds.get("adapter") == "csv" and given and ds.get("root"):
+        path = given if os.path.isabs(given) else os.path.join(ds["root"], given)
+        if os.path.isfile(path):
+            files.append(path)
+    return files
+
+
 rule synth:
     """Draw a synthetic fundus dataset (only for datasets with a `synth:` block)."""
     output:
@@ -39,7 +55,7 @@ rule synth:
 rule ingest:
     """Turn a dataset as distributed into the manifest contract."""
     input:
-        dataset_inputs,
+        ingest_inputs,
     output:
         manifest=f"{R}/manifests/{{dataset}}.csv",
         report=f"{R}/manifests/{{dataset}}.report.json",

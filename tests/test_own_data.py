@@ -341,3 +341,10 @@ def test_the_hospital_walkthrough_runs_as_written(tmp_path):
     assert len(qc) == 31 and (qc["status"] == "rejected").all() and (kept / "gallery.png").stat().st_size > 0
     assert not (wd / "results" / "preprocessed" / "hospital" / "qc.csv").exists()  # Snakemake removed the output
     assert str(Path("results/logs/preprocess/hospital")) in (wd / "results" / "logs" / "preprocess" / "hospital.log").read_text()
+
+
+def test_on_unlabelled_error_without_a_glob_is_a_config_problem(export):
+    cfg = hospital_cfg(export)
+    del cfg["image_glob"]
+    (p,) = option_problems("hosp", cfg)
+    assert p["column"] == "datasets.hosp.on_unlabelled" and "image_glob" in p["message"]

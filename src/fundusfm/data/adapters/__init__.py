@@ -97,6 +97,11 @@ def option_problems(name: str, cfg: dict) -> list[dict]:
             problems.append({"file": "config", "row": "", "column": f"{where}.{k}", "value": "",
                              "message": f"not an option of adapter {key!r}" + (f" (did you mean {hint!r}?)" if hint else "")
                                         + f"; its options: {', '.join(valid)}"})
+    if key == "csv" and cfg.get("on_unlabelled") == "error" and not cfg.get("image_glob"):
+        # without the files it should cover, no image can be found unlisted: say so, never pass silently
+        problems.append({"file": "config", "row": "", "column": f"{where}.on_unlabelled", "value": "error",
+                         "message": "the csv adapter needs `image_glob:` (e.g. \"images/**/*.jpg\") to know which "
+                                    "images on disk should have a row"})
     if key == "csv":
         # a value_map for a label that label_map does not read would never apply
         label_map = cfg.get("label_map") or {}
