@@ -304,6 +304,7 @@ def test_the_hospital_walkthrough_runs_as_written(tmp_path):
     doc = yaml.safe_load(doc_block("hospital config", "yaml"))
     cfg = yaml.safe_load((REPO / "tests" / "configs" / "tiny.yaml").read_text())
     cfg["datasets"] = {"up": cfg["datasets"]["up"], **doc["datasets"]}
+    cfg["datasets"]["up"]["synth"]["patients"] = 8  # only drawn and preprocessed here: keep it small
     cfg["tasks"] = doc["tasks"]
     cfg["report"]["cam"], cfg["mlflow"] = False, {"enabled": False}
     (wd / "my.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -342,9 +343,67 @@ def test_the_hospital_walkthrough_runs_as_written(tmp_path):
     assert not (wd / "results" / "preprocessed" / "hospital" / "qc.csv").exists()  # Snakemake removed the output
     assert str(Path("results/logs/preprocess/hospital")) in (wd / "results" / "logs" / "preprocess" / "hospital.log").read_text()
 
+    # the sheet edited (the usual slips planted): ingest reruns, fails, and every problem stays in the logs
+    make_hospital_export(wd / "data" / "hospital", n_patients=8, faults=True)
+    p = _run("snakemake --cores all --configfile my.yaml --until overlap", wd)
+    assert p.returncode != 0 and "rule ingest" in p.stderr
+    problems = pd.read_csv(wd / "results" / "logs" / "ingest" / "hospital.problems.csv", dtype=str)
+    assert len(problems) == 4 and problems["message"].str.contains("duplicate image_id").sum() == 1
+    assert "all of them are listed in results/logs/ingest/hospital.problems.csv" in (
+        wd / "results" / "logs" / "ingest" / "hospital.log").read_text()
+
 
 def test_on_unlabelled_error_without_a_glob_is_a_config_problem(export):
     cfg = hospital_cfg(export)
     del cfg["image_glob"]
     (p,) = option_problems("hosp", cfg)
     assert p["column"] == "datasets.hosp.on_unlabelled" and "image_glob" in p["message"]
+
+
+def test_check_dataset_on_a_public_layout_with_planted_faults(tmp_path, capsys):
+    """ODIR-5K as tests/fixtures_datasets.py builds it (its layout sources are cited there),
+    then: one listed photo deleted, one photo no row lists, an unknown keyword, an ID entered twice."""
+    import shutil
+
+    import fixtures_datasets as fx
+    from openpyxl import load_workbook
+
+    cfg = fx.build("odir5k", tmp_path / "odir")
+    clean, _ = read_dataset("odir", cfg)
+    root = Path(cfg["root"])
+    assert check_dataset("odir", cfg)["errors"] == []
+    gone = root / clean["path"].iloc[0]
+    gone.unlink()
+    extra = (root / clean["path"].iloc[1]).with_name("9999_left.jpg")
+    shutil.copy(root / clean["path"].iloc[1], extra)
+    (book,) = [p for p in root.rglob("*.xlsx") if "data" in p.name.lower()]
+    wb = load_workbook(book)
+    ws = wb.active
+    header_row = next(r for r in ws.iter_rows() if any(c.value == "Left-Diagnostic Keywords" for c in r))
+    col = next(c.column for c in header_row if c.value == "Left-Diagnostic Keywords")
+    last = ws.max_row
+    ws.cell(row=last, column=col, value="zzz unheard finding")
+    ws.append([c.value for c in ws[last]])  # the same patient and images entered twice
+    wb.save(book)
+
+    r = check_dataset("odir", cfg)
+    assert r["status"] == "errors"
+    assert [m["image_id"] for m in r["missing"]] == [clean["image_id"].iloc[0]]
+    assert extra.relative_to(root).as_posix() in r["unlisted"] + r["other_images_on_disk"]
+    assert any(u["value"] == "zzz unheard finding" for u in r["unknown_values"])
+    assert r["collisions"]["duplicate_image_ids"]
+    text = format_text(r)
+    assert "zzz unheard finding" in text and "1 missing" in text and "duplicate image ids" in text
+
+
+def test_check_dataset_agrees_with_ingest_on_every_fixture(tmp_path):
+    """On each adapter's fixture (tests/fixtures_datasets.py), the check finds what ingest reads."""
+    import fixtures_datasets as fx
+
+    for name in fx.BUILDERS:
+        cfg = fx.build(name, tmp_path / name)
+        df, _ = read_dataset(name, cfg)
+        r = check_dataset(name, cfg)
+        assert r["errors"] == [], (name, r["errors"])
+        assert r["images"]["in_manifest"] == len(df) and r["images"]["missing"] == 0, (name, r["images"])
+        assert r["patients"]["n"] == df["patient_id"].nunique(), name

@@ -231,10 +231,10 @@ def _finish(df: pd.DataFrame, ctx: Context, adapter: Adapter, on_missing: str, o
         unl = [f for f in ctx.index.images if rx.search(f) and f not in listed and not NOT_PHOTOS.search(f)]
         report.unlabelled_images.extend(unl)
     report.unlabelled_images = sorted(set(report.unlabelled_images))
-    if report.unlabelled_images and on_unlabelled == "error":
-        raise ManifestError(ctx.name, [{"file": str(root / f), "row": "", "column": "", "value": f,
-                                        "message": "image on disk has no label (on_unlabelled: error)"}
-                                       for f in report.unlabelled_images])
+    # raised with the validation's problems below, so one run lists them all
+    unlabelled = [{"file": str(root / f), "row": "", "column": "", "value": f,
+                   "message": "image on disk has no label (on_unlabelled: error)"}
+                  for f in report.unlabelled_images] if on_unlabelled == "error" else []
 
     if not keep.any():
         reasons: dict[str, int] = {}
@@ -249,7 +249,12 @@ def _finish(df: pd.DataFrame, ctx: Context, adapter: Adapter, on_missing: str, o
     if "source_label" in df.columns:
         df["source_label"] = df["source_label"].fillna("").astype(str)
     # validate first (bad label values must not be coerced away by the derivation), derive, re-check
-    df = validate_manifest(df, ctx.name, root, drop_provenance=False)
+    try:
+        df = validate_manifest(df, ctx.name, root, drop_provenance=False)
+    except ManifestError as e:
+        raise ManifestError(ctx.name, e.problems + unlabelled) from None
+    if unlabelled:
+        raise ManifestError(ctx.name, unlabelled)
     exhaustive = bool(ctx.cfg.get("exhaustive", adapter.exhaustive))
     if any(c in df.columns for c in DISEASE_COLUMNS + ("normal", "abnormal")):
         df = harmonise_abnormal(df, exhaustive=exhaustive)
