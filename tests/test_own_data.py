@@ -407,3 +407,33 @@ def test_check_dataset_agrees_with_ingest_on_every_fixture(tmp_path):
         assert r["errors"] == [], (name, r["errors"])
         assert r["images"]["in_manifest"] == len(df) and r["images"]["missing"] == 0, (name, r["images"])
         assert r["patients"]["n"] == df["patient_id"].nunique(), name
+
+
+def test_an_eye_value_that_is_no_eye_is_reported(tmp_path):
+    root = tmp_path / "c"
+    root.mkdir()
+    for n in ("a", "b"):
+        (root / f"{n}.png").write_bytes(b"")
+    (root / "t.csv").write_text("file,side\na.png,OD\nb.png,OU\n")
+    df, report = read_dataset("c", {"adapter": "csv", "root": str(root), "labels_file": "t.csv", "image_col": "file",
+                                    "eye_col": "side"})
+    assert list(df["eye"]) == ["R", "U"]
+    (u,) = report["unmapped"]
+    assert (u["row"], u["column"], u["value"]) == (3, "side", "OU")
+
+
+def test_a_dataset_preprocess_block_is_checked_by_the_config_schema(tmp_path, export):
+    from fundusfm import config as fcfg
+
+    config = yaml.safe_load((REPO / "tests" / "configs" / "tiny.yaml").read_text())
+    config["datasets"]["hosp"] = hospital_cfg(export, preprocess={"max_reject_fraction": 1.5})
+    path = tmp_path / "my.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(fcfg.ConfigError) as e:
+        fcfg.load(path)
+    assert "datasets.hosp.preprocess.max_reject_fraction" in str(e.value)
+    config["datasets"]["hosp"]["preprocess"] = {"max_reject_fractoin": 0.3}
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(fcfg.ConfigError) as e:
+        fcfg.load(path)
+    assert "max_reject_fractoin" in str(e.value)

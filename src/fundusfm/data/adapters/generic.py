@@ -147,8 +147,15 @@ def read_csv_adapter(ctx: Context):
         if eyes:
             for side, over in eyes.items():
                 source_rows.append(({**r, **{f: r[c] for f, c in over.items()}}, parse_eye(side)))
+        elif ctx.option("eye_col"):
+            raw_eye = r[ctx.option("eye_col")]
+            eye = parse_eye(raw_eye)
+            if eye == "U" and raw_eye.strip() != "":
+                ctx.report.unmapped_label(path, r["_row"], ctx.option("eye_col"), raw_eye,
+                                          "not an eye (OD/OS, R/L, right/left); eye left U")
+            source_rows.append((r, eye))
         else:
-            source_rows.append((r, parse_eye(r[ctx.option("eye_col")]) if ctx.option("eye_col") else "U"))
+            source_rows.append((r, "U"))
 
     records = []
     for r, eye in source_rows:
@@ -191,6 +198,8 @@ def read_csv_adapter(ctx: Context):
                 else:
                     rel = ctx.locate(value, None, value, path, row)
         except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+            if tpl is None:
+                raise
             # a format spec that does not fit the value ({MRN:%Y} on text, {Visit:0>8} on a date)
             ctx.report.error(path, row, tpl.key, "; ".join(f"{c}={r[c]}" for c in sorted(tpl.fields & set(r))),
                              f"template {tpl.text!r} does not fit this row ({type(e).__name__}: {e})")
