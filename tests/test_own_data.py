@@ -103,6 +103,8 @@ def test_template_and_date_errors_are_problems_naming_file_row_and_column(tmp_pa
         read_dataset("c", {**base, "path_template": "{mrn}/{Visit:%Y%m%d}.jpg"})
     (p,) = e.value.problems
     assert p["column"] == "path_template" and "did you mean 'MRN'" in p["message"]
+    # the rows that did read are checked in the same run: row 2's image is missing
+    assert [p["row"] for p in probs if "image file missing" in p["message"]] == [2]
     rc = ingest_main(["--name", "c", "--config-json", json.dumps(base), "--out", str(tmp_path / "m.csv")])
     err = capsys.readouterr().err
     assert rc == 1 and "Traceback" not in err and "row 3" in err

@@ -171,7 +171,17 @@ def read_dataset(name: str, cfg: dict) -> tuple[pd.DataFrame, dict]:
     ctx = Context(name, root, cfg, report)
     df = adapter.read(ctx)
     if report.errors:
-        raise ManifestError(name, report.errors)
+        # the rows that did read are still checked, so one run lists every problem
+        rest: list[dict] = []
+        try:
+            _finish(df, ctx, adapter, on_missing, on_unlabelled)
+        except ManifestError as e:
+            # the same cell found again by validation (a value the adapter passed through) is shown once
+            seen = {(str(p["file"]), str(p["row"]), str(p["value"])) for p in report.errors}
+            rest = [p for p in e.problems if (str(p["file"]), str(p["row"]), str(p["value"])) not in seen]
+        except Exception:  # noqa: BLE001 - the adapter's own errors are the ones to show then
+            pass
+        raise ManifestError(name, report.errors + rest)
     df = _finish(df, ctx, adapter, on_missing, on_unlabelled)
     log.info("%s: %d images, %d patients (%s adapter)", name, len(df), df["patient_id"].nunique(), adapter.name)
     return df, report.to_dict(df)
