@@ -78,7 +78,7 @@ def ingest_main(argv: list[str] | None = None) -> int:
         print(problems_message("fundusfm ingest", e, args.problems), file=sys.stderr)
         if args.report:  # (a workflow job's failed outputs are deleted: the problems file stays)
             failed = {"dataset": args.name, "status": "failed", "problems": e.problems}
-            _atomic_write(args.report, lambda t: t.write_text(json.dumps(failed, indent=2, default=str)))
+            atomic_write(args.report, lambda t: t.write_text(json.dumps(failed, indent=2, default=str)))
         return 1
     except KeyError as e:
         print(f"fundusfm ingest: {e.args[0]}", file=sys.stderr)
