@@ -83,6 +83,16 @@ def write_xlsx(path: Path, rows: list[list]) -> Path:
 
 
 # --- builders ----------------------------------------------------------------------------------
+# Every layout fact below (folder names, file names, headers, separators, quirks) is taken from a
+# public copy of the real files or from public code that reads them; the source is cited beside
+# each builder. Issue 13 (tracker) lists quirks found on real downloads; where it is the only
+# source of a fact, the comment says so.
+
+# APTOS 2019 (Kaggle competition aptos2019-blindness-detection): train.csv `id_code,diagnosis`,
+# images train_images/<id_code>.png; test.csv `id_code` + test_images/. Source: public loaders, e.g.
+# `adequate_15_aptos` (code search "def adequate_09_papila": reads train.csv id_code/diagnosis and
+# train_images/<id>.png) and the ingest doc table found for "messidor-2.csv" (aptos2019/train.csv,
+# train_images/*.png, test.csv).
 APTOS_TRAIN = [("000c1434d8d7", 2), ("001639a390f0", 4), ("0024cdab0c1e", 1), ("002c21358ce6", 0),
                ("005b95c28852", 0), ("0083ee8054ee", 3)]
 APTOS_TEST = ["0005cfc8afb6", "003f0afdcd15"]
@@ -98,6 +108,11 @@ def build_aptos2019(root: Path) -> Path:
     return root
 
 
+# EyePACS (Kaggle diabetic-retinopathy-detection): trainLabels.csv `image,level`, train/<image>.jpeg,
+# `<patient>_left/_right`. Source: the Messidor-2 investigation note found for "messidor-2.csv"
+# ("trainLabels.csv ... image,level — EyePACS competition labels") and HzFu/EyeQ
+# data/Label_EyeQ_train.csv (image names 10009_left.jpeg). retinopathy_solution.csv `image,level,Usage`:
+# from the competition's data page as listed in the project's source notes (not seen in a public copy).
 EYEPACS_TRAIN = [("10_left", 0), ("10_right", 0), ("13_left", 0), ("13_right", 2), ("15_left", 1), ("15_right", 4)]
 EYEPACS_TEST = [("1_left", 0, "Private"), ("1_right", 0, "Private"), ("3_left", 2, "Public"), ("3_right", 1, "Public")]
 
@@ -112,6 +127,8 @@ def build_eyepacs(root: Path) -> Path:
     return root
 
 
+# EyeQ: github.com/HzFu/EyeQ data/Label_EyeQ_train.csv, header `,image,quality,DR_grade` (an unnamed
+# pandas index first), rows like `0,10009_left.jpeg,0,0`; quality 0 good / 1 usable / 2 reject.
 EYEQ_TRAIN = [("10_left.jpeg", 0, 0), ("10_right.jpeg", 2, 0), ("13_right.jpeg", 1, 2)]
 EYEQ_TEST = [("3_left.jpeg", 0, 2)]
 
@@ -129,13 +146,18 @@ def build_eyeq(root: Path) -> Path:
     return root
 
 
+# IDRiD (IEEE DataPort), unpacked whole: `A. Segmentation/`, `B. Disease Grading/`, `C. Localization/`
+# side by side (issue 13; the dataset-organiser script found for "messidor-2.csv" lists parts A/B/C).
+# B: `2. Groundtruths/a. IDRiD_Disease Grading_Training Labels.csv` with columns `Image name`,
+# `Retinopathy grade`, `Risk of macular edema ` (trailing space: public loaders strip it, e.g. the
+# `load_grading_labels` excerpt `rename(columns=lambda x: x.strip())`), images `1. Original Images/
+# a. Training Set/IDRiD_001.jpg`. C reuses the grading images' names (issue 13).
 IDRID_TRAIN = [("IDRiD_001", 3, 2), ("IDRiD_002", 0, 0), ("IDRiD_003", 2, 1), ("IDRiD_004", 4, 2)]
 IDRID_TEST = [("IDRiD_001", 4, 1), ("IDRiD_002", 0, 0)]
 
 
 def build_idrid(root: Path) -> Path:
     base = root / "B. Disease Grading"
-    # the real CSVs: a trailing space in 'Risk of macular edema ', empty trailing columns, a blank last line
     header = ["Image name", "Retinopathy grade", "Risk of macular edema "] + [""] * 8
     for fname, rows_ in (("a. IDRiD_Disease Grading_Training Labels.csv", IDRID_TRAIN),
                          ("b. IDRiD_Disease Grading_Testing Labels.csv", IDRID_TEST)):
@@ -144,23 +166,62 @@ def build_idrid(root: Path) -> Path:
         write_image(base / "1. Original Images" / "a. Training Set" / f"{name}.jpg", f"idrid-train-{name}")
     for name, _, _ in IDRID_TEST:
         write_image(base / "1. Original Images" / "b. Testing Set" / f"{name}.jpg", f"idrid-test-{name}")
+    # part C (localisation) reuses the names of the grading images; part A (segmentation) has its own
+    for name, _, _ in IDRID_TRAIN[:2]:
+        write_image(root / "C. Localization" / "1. Original Images" / "a. Training Set" / f"{name}.jpg", f"idrid-c-{name}")
+    write_image(root / "C. Localization" / "1. Original Images" / "b. Testing Set" / "IDRiD_001.jpg", "idrid-c-t1")
+    write_image(root / "A. Segmentation" / "1. Original Images" / "a. Training Set" / "IDRiD_01.jpg", "idrid-a-01")
     return root
 
 
+# Messidor-2 as ADCIS ships it + Google Brain's grades (Kaggle google-brain/messidor2-dr-grades):
+# IMAGES/ and the exam list `messidor-2.csv`, `;`-separated with a `left;right` header (a public
+# MessidorLoader splits lines on ';' and skips the `left` header line; an investigation note gives
+# "`messidor-2.csv` ... `left;right` — image pair mappings"; the trailing space after `right` is from
+# issue 13). messidor_data.csv `image_id,adjudicated_dr_grade,adjudicated_dme,adjudicated_gradable`
+# (public loaders, e.g. the build_messidor2 docstring found for "adjudicated_gradable"), image_id
+# with extension, e.g. 20051020_43808_0100_PP.png; Brest extension names IM000012.JPG-style (issue 13).
 MESSIDOR = [("20051020_43808_0100_PP.png", 0, 0, 1), ("20051020_43832_0100_PP.png", 1, 0, 1),
-            ("IMG0001.jpg", 2, 1, 1), ("IMG0002.jpg", "", "", 0), ("IMG0003.jpg", 4, 1, 1)]
+            ("IM000012.JPG", 2, 1, 1), ("IM000013.JPG", "", "", 0), ("IM000014.JPG", 4, 1, 1),
+            ("IM000015.JPG", 0, 0, 1)]
+MESSIDOR_PAIRS = [("20051020_43808_0100_PP.png", "20051020_43832_0100_PP.png"), ("IM000012.JPG", "IM000013.JPG"),
+                  ("IM000014.JPG", "IM000015.JPG")]
 
 
 def build_messidor2(root: Path) -> Path:
     write_csv(root / "messidor_data.csv", ["image_id", "adjudicated_dr_grade", "adjudicated_dme", "adjudicated_gradable"],
               MESSIDOR)
+    with open(root / "messidor-2.csv", "w", newline="") as f:
+        f.write("left;right \n" + "".join(f"{a};{b}\n" for a, b in MESSIDOR_PAIRS))
     for name, *_ in MESSIDOR:
-        # the CSV says .jpg, the Brest images on disk are .JPG
-        on_disk = name[:-4] + ".JPG" if name.startswith("IMG") else name
-        write_image(root / "IMAGES" / on_disk, f"messidor-{name}")
+        write_image(root / "IMAGES" / name, f"messidor-{name}")
     return root
 
 
+# Messidor-2, Kaggle re-packaging mariaherrerot/messidor2preprocess: messidor_data.csv at the root with
+# `id_code,diagnosis,adjudicated_dme,adjudicated_gradable`, images under messidor-2/messidor-2/preprocess/
+# named as id_code. Source: a public inspection script (code search "adjudicated_gradable": DATASET_ROOT
+# = .../messidor2preprocess/versions/2, PREPROCESS_DIR = messidor-2/messidor-2/preprocess, columns
+# id_code/diagnosis/adjudicated_dme/adjudicated_gradable) and a sorting script reading `id_code`,
+# `diagnosis` from .../messidor-2/preprocess. IM000012.JPG-style names: issue 13.
+def build_messidor2_kaggle(root: Path) -> Path:
+    write_csv(root / "messidor_data.csv", ["id_code", "diagnosis", "adjudicated_dme", "adjudicated_gradable"],
+              MESSIDOR)
+    for name, *_ in MESSIDOR:
+        write_image(root / "messidor-2" / "messidor-2" / "preprocess" / name, f"messidor-{name}")
+    return root
+
+
+# ODIR-5K, the usual Kaggle download (andrewmvd/ocular-disease-recognition-odir5k): ODIR-5K/ODIR-5K/
+# {data.xlsx, Training Images/, Testing Images/} beside preprocessed_images/ (same file names) and
+# full_df.csv (issue 13; public code reads '../../data/ODIR-5K/ODIR-5K/data.xlsx', Xritsos/RetViT
+# EDA/EDA.py, and `DATA_DIR = 'data/ODIR-5K/ODIR-5K'` with 'Training Images'/'Testing Images'). data.xlsx
+# columns ID, Patient Age, Patient Sex, Left-Fundus, Right-Fundus, Left-/Right-Diagnostic Keywords,
+# N D G C A H M O (a notebook print of data.xlsx: "ID Patient Age Patient Sex Left-Fundus Right-Fundus",
+# "0 69 Female 0_left.jpg 0_right.jpg"). full_df.csv: one row per image with `filename` (run-007 label
+# note: "full_df.csv has one row per image (6392 rows, 3358 patients)"). Keywords separated by '，' or ','
+# ("Keywords are split on both ASCII , and full-width ，", same note). The keywords used are real ones
+# of the annotation file, including those the old table missed (issue 13's list).
 ODIR = [  # ID, age, sex, left keywords, right keywords, N D G C A H M O
     (0, 69, "Female", "cataract", "normal fundus", [0, 0, 0, 1, 0, 0, 0, 0]),
     (1, 57, "Male", "normal fundus", "normal fundus", [1, 0, 0, 0, 0, 0, 0, 0]),
@@ -169,27 +230,44 @@ ODIR = [  # ID, age, sex, left keywords, right keywords, N D G C A H M O
     (4, 53, "Male", "macular epiretinal membrane", "lens dust，normal fundus", [0, 0, 0, 0, 0, 0, 0, 1]),
     (5, 50, "Female", "suspected glaucoma", "branch retinal vein occlusion", [0, 0, 1, 0, 0, 0, 0, 1]),
     (6, 60, "Male", "low image quality", "pathological myopia", [0, 0, 0, 0, 0, 0, 1, 0]),
-    (8, 66, "Female", "dry age-related macular degeneration，suspected retinitis pigmentosa", "severe proliferative diabetic retinopathy",
-     [0, 1, 0, 0, 1, 0, 0, 1]),
+    (8, 66, "Female", "dry age-related macular degeneration，suspected retinitis pigmentosa",
+     "severe proliferative diabetic retinopathy", [0, 1, 0, 0, 1, 0, 0, 1]),
+    (9, 61, "Male", "old central retinal vein occlusion", "suspected moderate non proliferative retinopathy",
+     [0, 1, 0, 0, 0, 0, 0, 1]),
+    (10, 70, "Female", "intraretinal microvascular abnormality,post retinal laser surgery", "retina fold",
+     [0, 0, 0, 0, 0, 0, 0, 1]),
+    (11, 58, "Male", "vascular loops，old choroiditis", "retinal pigment epithelium atrophy", [0, 0, 0, 0, 0, 0, 0, 1]),
 ]
+ODIR_HEADER = ["ID", "Patient Age", "Patient Sex", "Left-Fundus", "Right-Fundus", "Left-Diagnostic Keywords",
+               "Right-Diagnostic Keywords", "N", "D", "G", "C", "A", "H", "M", "O"]
 
 
-def build_odir5k(root: Path) -> Path:
-    base = root / "ODIR-5K"
-    rows_ = [["ID", "Patient Age", "Patient Sex", "Left-Fundus", "Right-Fundus", "Left-Diagnostic Keywords",
-              "Right-Diagnostic Keywords", "N", "D", "G", "C", "A", "H", "M", "O"]]
-    for pid, age, sex, lk, rk, flags in ODIR:
+def build_odir5k(root: Path, entries=None) -> Path:
+    base = root / "ODIR-5K" / "ODIR-5K"
+    rows_ = [ODIR_HEADER]
+    full = []
+    for pid, age, sex, lk, rk, flags in (entries or ODIR):
         rows_.append([pid, age, sex, f"{pid}_left.jpg", f"{pid}_right.jpg", lk, rk, *flags])
         for side in ("left", "right"):
             write_image(base / "Training Images" / f"{pid}_{side}.jpg", f"odir-{pid}_{side}")
+            write_image(root / "preprocessed_images" / f"{pid}_{side}.jpg", f"odir-pre-{pid}_{side}")
+            full.append([pid, age, sex, f"{pid}_left.jpg", f"{pid}_right.jpg", lk, rk, *flags, f"{pid}_{side}.jpg"])
+    write_image(base / "Testing Images" / "937_left.jpg", "odir-test-937")  # unlabelled off-site test set
     write_xlsx(base / "data.xlsx", rows_)
+    write_csv(root / "full_df.csv", ODIR_HEADER + ["filename"], full)
     return root
 
 
+# RFMiD (IEEE DataPort / Kaggle): Training_Set/Training_Set/{RFMiD_Training_Labels.csv, Training/<ID>.png},
+# Evaluation_Set/Evaluation_Set/{RFMiD_Validation_Labels.csv, Validation/}, Test_Set/Test_Set/
+# {RFMiD_Testing_Labels.csv, Test/} (public constants file found for "RFMiD_Validation_Labels.csv").
+# Header exactly as github.com/MakMohanK/retinal-diseases RFMiD_Training_Labels.csv: ID, Disease_Risk and
+# 45 disease columns, among them CRAO (not CRA) and HR (haemorrhagic retinopathy, per
+# github.com/pth1993/Ophthalmology-Data RFMiD.md).
 RFMID_DISEASES = ["DR", "ARMD", "MH", "DN", "MYA", "BRVO", "TSLN", "ERM", "LS", "MS", "CSR", "ODC", "CRVO", "TV", "AH",
                   "ODP", "ODE", "ST", "AION", "PT", "RT", "RS", "CRS", "EDN", "RPEC", "MHL", "RP", "CWS", "CB", "ODPM",
-                  "PRH", "MNF", "HR", "CRA", "TD", "CME", "PTCR", "CF", "VH", "MCA", "VS", "BRAO", "PLQ", "HPED", "CL"]
-RFMID = {"train": [(1, ["DR"]), (2, []), (3, ["ARMD", "ODC"]), (4, ["BRVO"])],
+                  "PRH", "MNF", "HR", "CRAO", "TD", "CME", "PTCR", "CF", "VH", "MCA", "VS", "BRAO", "PLQ", "HPED", "CL"]
+RFMID = {"train": [(1, ["DR"]), (2, []), (3, ["ARMD", "ODC"]), (4, ["BRVO"]), (5, ["CRAO"])],
          "val": [(1, ["MYA"]), (2, [])],
          "test": [(1, ["HR"]), (2, ["CRVO", "TSLN"])]}
 
@@ -207,17 +285,27 @@ def build_rfmid(root: Path) -> Path:
     return root
 
 
-PAPILA = {"od": [("#002", 0), ("#004", 1), ("#005", 2)], "os": [("#002", 0), ("#004", 1), ("#005", 0)]}
+# PAPILA (figshare 14798004): ClinicalData/patient_data_{od,os}.xlsx, FundusImages/RET002OD.jpg.
+# Sheet layout: row 1 the column names with the first cell empty (pandas header=0 gives "Unnamed: 0" for
+# the ID column and a "Diagnosis" column, data from index 2 = row 4: the `adequate_09_papila` loader),
+# row 2 sub-heads under merged cells, row 3 `ID` alone in the first cell (the dataset's HelpCode utils.py
+# `_fix_df`: drops the row indexed 'ID', takes the next row as column names, drops the NaN-indexed row;
+# another loader reads header=1 then drops one more row). Sub-head names dioptre_1, dioptre_2,
+# astigmatism, Phakic/Pseudophakic, Pneumatic, Perkins, Pachymetry, Axial_Length, VF_MD and IDs `#002`
+# with Diagnosis 0/1/2: the flat re-export github.com/JuanitoOrtega/papila_db
+# DB_PAPILA/ClinicalData/patient_data_od.csv. Merged heads Refractive_Defect / IOP: issue 13.
+PAPILA = {"od": [("#002", 2), ("#004", 1), ("#005", 1), ("#027", 0)],
+          "os": [("#002", 0), ("#004", 1), ("#005", 2), ("#027", 0)]}
 
 
 def build_papila(root: Path) -> Path:
     for tag, entries in PAPILA.items():
-        rows_ = [[f"PAPILA clinical data ({tag.upper()})"],  # title row above the header
-                 ["ID", "Age", "Gender", "Diagnosis", "Refractive_Defect", None, None, "Phakic/Pseudophakic",
+        rows_ = [[None, "Age", "Gender", "Diagnosis", "Refractive_Defect", None, None, "Phakic/Pseudophakic",
                   "IOP", None, "Pachymetry", "Axial_Length", "VF_MD"],
-                 [None, None, None, None, "dioptre_1", "dioptre_2", "astigmatism", None, "Pneumatic", "Perkins"]]
+                 [None, None, None, None, "dioptre_1", "dioptre_2", "astigmatism", None, "Pneumatic", "Perkins"],
+                 ["ID"]]
         for pid, dx in entries:
-            rows_.append([pid, 60, 0, dx, -1.5, -1.25, 90, 0, 14, 15, 550, 23.4, -1.2])
+            rows_.append([pid, 60, 0, dx, -1.5, -1.25, 90, 0, 14, None, 550, 23.4, -1.2])
             write_image(root / "FundusImages" / f"RET{pid[1:]}{tag.upper()}.jpg", f"papila-{pid}{tag}")
         write_xlsx(root / "ClinicalData" / f"patient_data_{tag}.xlsx", rows_)
     # segmentation images that are not photographs (must not be reported as unlabelled)
@@ -225,6 +313,9 @@ def build_papila(root: Path) -> Path:
     return root
 
 
+# JSIEC (zenodo 3477553 / Kaggle linchundan/fundusimage1000): one folder per class, the 39 names as
+# RETFound-style loaders list them ('0.0.Normal', '1.0.DR2', '10.0.Possible glaucoma', ...: the
+# RETFoundDataset JSIEC list found for "bsuspectglaucoma"), under 1000images/ in the Kaggle copy.
 JSIEC = {"0.0.Normal": 2, "1.0.DR2": 1, "1.1.DR3": 1, "2.0.BRVO": 1, "9.Pathological myopia": 1,
          "10.0.Possible glaucoma": 1, "0.1.Tessellated fundus": 1, "27.Laser Spots": 1}
 
@@ -238,16 +329,25 @@ def build_jsiec(root: Path) -> Path:
     return root
 
 
+# Glaucoma Fundus (Harvard Dataverse doi:10.7910/DVN/1YRRAC; 3 classes normal / early / advanced, e.g.
+# Tieck-IT/Study paper/README.md): class folders normal_control / early_glaucoma / advanced_glaucoma (the
+# RETFound copy's anormal_control / bearly_glaucoma / cadvanced_glaucoma are these with sort letters).
+# File numbering restarts in each class folder (issue 13), so the same name appears in every folder.
 GLAUCOMA_FUNDUS = {"normal_control": 3, "early_glaucoma": 2, "advanced_glaucoma": 1}
 
 
 def build_glaucoma_fundus(root: Path) -> Path:
     for folder, n in GLAUCOMA_FUNDUS.items():
         for k in range(n):
-            write_image(root / folder / f"{folder[:2].upper()}_{k + 1:03d}.png", f"gf-{folder}-{k}")
+            write_image(root / folder / f"{k + 1:03d}.png", f"gf-{folder}-{k}")
     return root
 
 
+# REFUGE (refuge.grand-challenge.org): REFUGE-Training400/Training400/{Glaucoma,Non-Glaucoma}/g0001.jpg,
+# Validation400 images + GT xlsx, Test400 + GT xlsx; training folder names and g/n prefixes as a public
+# loader uses them (`adequate_25_refuge`: labels {"g": glaucoma, "n": no glaucoma} from the first letter).
+# The GT spreadsheets' column names (`ImgName`, `Glaucoma Label`, `Label(Glaucoma=1)`) could not be seen
+# in a public copy here: the adapter finds the label column by name (glaucoma/label) and says so.
 def build_refuge(root: Path) -> Path:
     tr = root / "REFUGE-Training400" / "Training400"
     for name in ("g0001", "g0002"):
@@ -269,9 +369,17 @@ def build_refuge(root: Path) -> Path:
     return root
 
 
-DEEPDRID = {"train": [("1", "1_l1", 2, ""), ("1", "1_l2", 2, ""), ("1", "1_r1", "", 1), ("1", "1_r2", "", 1),
-                      ("2", "2_l1", 0, ""), ("2", "2_r1", "", 0)],
-            "val": [("3", "3_l1", 4, ""), ("3", "3_r1", "", 3)]}
+# DeepDRiD at the repository root (github.com/deepdrdoc/DeepDRiD): regular_fundus_images/
+# regular-fundus-training/regular-fundus-training.csv with header `patient_id,image_id,image_path,
+# Overall quality,left_eye_DR_Level,right_eye_DR_Level,patient_DR_Level,Clarity,Field definition,Artifact`,
+# image_path `\regular-fundus-training\1\1_l1.jpg`, images regular-fundus-training/Images/1/1_l1.jpg;
+# the real rows `56,56_r3,...,0,1,,1,...` and `56,56_l3,...,1,,0,1,...` hold the grade in the other eye's
+# column. ultra-widefield_images/ultra-widefield-training/ (header `patient_id,image_id,image_path,DR_level,
+# position`, `1_r1`, `1_l2`...) reuses the regular images' names. All from that repository's files.
+DEEPDRID = {"train": [("1", "1_l1", 0, ""), ("1", "1_l2", 0, ""), ("1", "1_r1", "", 0), ("1", "1_r2", "", 0),
+                      ("2", "2_l1", 2, ""), ("2", "2_r1", "", 2),
+                      ("56", "56_l1", 1, ""), ("56", "56_r3", 1, ""), ("56", "56_l3", "", 0), ("56", "56_r2", "", 0)],
+            "val": [("265", "265_l1", 3, ""), ("265", "265_r1", "", 4)]}
 
 
 def build_deepdrid(root: Path) -> Path:
@@ -280,25 +388,45 @@ def build_deepdrid(root: Path) -> Path:
         base = root / "regular_fundus_images" / folder
         rows_ = []
         for pid, iid, left, right in entries:
-            rows_.append([pid, iid, f"\\regular_fundus_images\\{folder}\\Images\\{pid}\\{iid}.jpg", left, right,
-                          max(x for x in (left, right, 0) if x != "")])
+            grades = [x for x in (left, right) if x != ""]
+            rows_.append([pid, iid, f"\\{folder}\\{pid}\\{iid}.jpg", 0, left, right, max(grades), 8, 8, 4])
             write_image(base / "Images" / pid / f"{iid}.jpg", f"deepdrid-{iid}")
-        write_csv(base / f"{folder}.csv", ["patient_id", "image_id", "image_path", "left_eye_DR_Level",
-                                           "right_eye_DR_Level", "patient_DR_Level"], rows_)
+        write_csv(base / f"{folder}.csv", ["patient_id", "image_id", "image_path", "Overall quality", "left_eye_DR_Level",
+                                           "right_eye_DR_Level", "patient_DR_Level", "Clarity", "Field definition",
+                                           "Artifact"], rows_)
+    uwf = root / "ultra-widefield_images" / "ultra-widefield-training"
+    write_csv(uwf / "ultra-widefield-training.csv", ["patient_id", "image_id", "image_path", "DR_level", "position"],
+              [["1", "1_r1", "ultra-widefield-training\\1\\1_r1.jpg", 0, "right_eye"],
+               ["1", "1_l2", "ultra-widefield-training\\1\\1_l2.jpg", 0, "left_eye"]])
+    for iid in ("1_r1", "1_l2"):
+        write_image(uwf / "Images" / "1" / f"{iid}.jpg", f"deepdrid-uwf-{iid}")
     return root
 
 
+# RETFound benchmark copies (RETFound_MAE BENCHMARK.md data splits): <Name>/{train,val,test}/<class>/.
+# Class folders per benchmark as RETFound-style loaders list them (RETFoundDataset, found for
+# "bsuspectglaucoma"): PAPILA anormal/bsuspectglaucoma/cglaucoma, Glaucoma_fundus anormal_control/
+# bearly_glaucoma/cadvanced_glaucoma, Retina anormal/bcataract/cglaucoma/ddretina_disease, IDRiD
+# anoDR..eproDR, others (APTOS2019, MESSIDOR2) anodr/bmilddr/cmoderatedr/dseveredr/eproliferativedr.
 RETFOUND = {"train": {"anoDR": 2, "bmildDR": 1, "cmoderateDR": 1}, "val": {"anoDR": 1, "dsevereDR": 1},
             "test": {"anoDR": 1, "eproDR": 1}}
+RETFOUND_TREES = {
+    "aptos2019": {"anodr": 2, "bmilddr": 1, "cmoderatedr": 1, "dseveredr": 1, "eproliferativedr": 1},
+    "papila": {"anormal": 2, "bsuspectglaucoma": 1, "cglaucoma": 2},
+    "glaucoma_fundus": {"anormal_control": 2, "bearly_glaucoma": 1, "cadvanced_glaucoma": 1},
+    "jsiec": {"0.0.Normal": 2, "1.0.DR2": 1, "9.Pathological myopia": 1, "0.1.Tessellated fundus": 1},
+    "retina": {"anormal": 2, "bcataract": 1, "cglaucoma": 1, "ddretina_disease": 1},
+}
 
 
-def build_retfound(root: Path) -> Path:
+def build_retfound(root: Path, classes: dict | None = None) -> Path:
+    """A RETFound benchmark copy; ``classes`` (one of RETFOUND_TREES) for a given benchmark, else IDRiD's."""
     k = 0
-    for split, classes in RETFOUND.items():
-        for cls, n in classes.items():
+    for split in ("train", "val", "test"):
+        for cls, n in (RETFOUND[split] if classes is None else classes).items():
             for _ in range(n):
                 k += 1
-                write_image(root / split / cls / f"img{k:03d}.jpg", f"retfound-{k}")
+                write_image(root / split / cls / f"img{k:03d}.jpg", f"retfound-{root.name}-{k}")
     return root
 
 
@@ -331,14 +459,15 @@ def build_manifest(root: Path) -> Path:
 
 
 BUILDERS = {
-    "aptos2019": build_aptos2019, "eyepacs": build_eyepacs, "eyeq": build_eyeq, "idrid": build_idrid,
+    "aptos2019": build_aptos2019, "messidor2_kaggle": build_messidor2_kaggle, "eyepacs": build_eyepacs, "eyeq": build_eyeq, "idrid": build_idrid,
     "messidor2": build_messidor2, "odir5k": build_odir5k, "rfmid": build_rfmid, "papila": build_papila,
     "jsiec": build_jsiec, "glaucoma_fundus": build_glaucoma_fundus, "refuge": build_refuge,
     "deepdrid": build_deepdrid, "retfound": build_retfound, "csv": build_csv, "imagefolder": build_imagefolder,
     "manifest": build_manifest,
 }
 EXTRA_CONFIG = {
-    "csv": {"labels_file": "export.csv", "image_col": "File", "patient_col": "MRN", "eye_col": "Laterality",
+    "csv": {"max_unknown_fraction": 0.5,  # one of four Dx codes (NTG) is deliberately unmapped
+            "labels_file": "export.csv", "image_col": "File", "patient_col": "MRN", "eye_col": "Laterality",
             "split_col": "Set", "label_map": {"glaucoma": "Dx"}, "value_map": {"glaucoma": {"POAG": 1, "none": 0}},
             "path_template": "img/{File}"},
     "imagefolder": {"class_map": {"healthy": {"normal": 1}, "cataract": {"cataract": 1}}},
@@ -346,9 +475,12 @@ EXTRA_CONFIG = {
 }
 
 
+ADAPTER_OF = {"messidor2_kaggle": "messidor2"}
+
+
 def dataset_config(name: str, root: Path) -> dict:
     """The config entry (``adapter``, ``root``, options) that reads the fixture built at ``root``."""
-    return {"adapter": name, "root": str(root), **EXTRA_CONFIG.get(name, {})}
+    return {"adapter": ADAPTER_OF.get(name, name), "root": str(root), **EXTRA_CONFIG.get(name, {})}
 
 
 def build(name: str, root: Path) -> dict:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 import fixtures_datasets as fx
 from fundusfm.data.adapters import get_adapter, list_adapters, read_dataset
-from fundusfm.data.manifest import ID_COLUMNS
+from fundusfm.data.manifest import ID_COLUMNS, ManifestError
 
 
 def ingest(name, tmp_path, **extra):
@@ -71,27 +72,65 @@ def test_idrid_trailing_space_column_empty_columns_and_reused_names(tmp_path):
     assert d.loc["train-IDRiD_002", "dme"] == 0
 
 
-def test_messidor_extension_case_and_ungradable(tmp_path):
+def test_messidor_adcis_pairs_file_is_semicolon_separated_and_groups_both_eyes(tmp_path):
     df, report = ingest("messidor2", tmp_path)
     d = by_id(df)
-    assert d.loc["IMG0001", "path"].endswith("IMG0001.JPG") and d.loc["IMG0001", "dr_grade"] == 2
-    assert pd.isna(d.loc["IMG0002", "dr_grade"]) and d.loc["IMG0002", "quality"] == "reject"
-    assert d.loc["IMG0003", "dme"] == 1
-    assert any("pairs file" in w for w in report["warnings"])
+    assert len(df) == len(fx.MESSIDOR)
+    # messidor-2.csv is `left;right ` (trailing space): read with ';', each exam is one patient
+    for left, right in fx.MESSIDOR_PAIRS:
+        a, b = d.loc[left.rsplit(".", 1)[0]], d.loc[right.rsplit(".", 1)[0]]
+        assert a["patient_id"] == b["patient_id"] and (a["eye"], b["eye"]) == ("L", "R")
+    assert df["patient_id"].nunique() == len(fx.MESSIDOR_PAIRS)
+    assert d.loc["IM000012", "path"] == "IMAGES/IM000012.JPG" and d.loc["IM000012", "dr_grade"] == 2
+    assert pd.isna(d.loc["IM000013", "dr_grade"]) and d.loc["IM000013", "quality"] == "reject"
+    assert d.loc["IM000014", "dme"] == 1
+    assert not any("pairs file" in w for w in report["warnings"])
 
 
-def test_messidor_pairs_file_groups_patients(tmp_path):
-    cfg = fx.build("messidor2", tmp_path / "m")
-    fx.write_csv(tmp_path / "m" / "messidor-2.csv", ["image1", "image2"], [["IMG0001.jpg", "IMG0002.jpg"]])
-    df, _ = read_dataset("messidor2", cfg)
+def test_messidor_kaggle_copy_id_code_diagnosis_and_preprocess_folder(tmp_path):
+    df, report = ingest("messidor2_kaggle", tmp_path)
     d = by_id(df)
-    assert d.loc["IMG0001", "patient_id"] == d.loc["IMG0002", "patient_id"] != d.loc["IMG0003", "patient_id"]
+    assert len(df) == len(fx.MESSIDOR)
+    assert d.loc["IM000012", "path"] == "messidor-2/messidor-2/preprocess/IM000012.JPG"
+    assert d.loc["IM000012", "dr_grade"] == 2 and d.loc["20051020_43832_0100_PP", "dr_grade"] == 1
+    assert any("pairs file" in w for w in report["warnings"])  # patient = image, and it says so
+    # the ADCIS exam list dropped in next to it groups the eyes again
+    cfg = fx.build("messidor2_kaggle", tmp_path / "again")
+    (tmp_path / "again" / "messidor-2.csv").write_text("left;right \nIM000012.JPG;IM000013.JPG\n")
+    d = by_id(read_dataset("messidor2", cfg)[0])
+    assert d.loc["IM000012", "patient_id"] == d.loc["IM000013", "patient_id"] != d.loc["IM000014", "patient_id"]
+
+
+def test_odir_kaggle_layout_reads_training_images_not_the_preprocessed_copies(tmp_path):
+    df, report = ingest("odir5k", tmp_path)
+    d = by_id(df)
+    assert len(df) == 2 * len(fx.ODIR) and d.loc["0_left", "patient_id"] == "0"
+    assert d.loc["0_left", "path"] == "ODIR-5K/ODIR-5K/Training Images/0_left.jpg"
+    assert report["unlabelled_images"] == []  # neither Testing Images nor preprocessed_images count
+    df2, _ = ingest("odir5k", tmp_path / "pre", images_dir="preprocessed_images")
+    assert by_id(df2).loc["0_left", "path"] == "preprocessed_images/0_left.jpg"
+
+
+def test_odir_image_missing_from_training_images_is_missing_not_its_preprocessed_copy(tmp_path):
+    cfg = fx.build("odir5k", tmp_path / "odir")
+    (Path(cfg["root"]) / "ODIR-5K/ODIR-5K/Training Images/0_left.jpg").unlink()
+    with pytest.raises(ManifestError, match="0_left"):
+        read_dataset("odir5k", cfg)
+
+
+def test_odir_full_df_csv_alone_is_read_one_row_per_patient(tmp_path):
+    import shutil
+
+    root = fx.build_odir5k(tmp_path / "o")
+    shutil.rmtree(root / "ODIR-5K")
+    df, _ = read_dataset("odir5k", {"adapter": "odir5k", "root": str(root)})
+    assert len(df) == 2 * len(fx.ODIR) and by_id(df).loc["2_left", "path"] == "preprocessed_images/2_left.jpg"
+    assert by_id(df).loc["2_left", "dr_grade"] == 2
 
 
 def test_odir_per_eye_labels_from_keywords(tmp_path):
     df, report = ingest("odir5k", tmp_path)
     d = by_id(df)
-    assert len(df) == 2 * len(fx.ODIR) and d.loc["0_left", "patient_id"] == "0"
     assert d.loc["0_left", "cataract"] == 1 and d.loc["0_right", "cataract"] == 0  # patient flag C=1 covers one eye
     assert d.loc["0_right", "normal"] == 1 and d.loc["0_left", "abnormal"] == 1
     assert d.loc["2_left", "dr_grade"] == 2 and d.loc["2_left", "other"] == 1 and d.loc["2_right", "other"] == 0
@@ -100,17 +139,51 @@ def test_odir_per_eye_labels_from_keywords(tmp_path):
     assert d.loc["5_right", ["rvo", "brvo", "crvo"]].tolist() == [1, 1, 0]
     assert d.loc["6_left", ["normal", "abnormal", "dr_grade"]].isna().all()  # only 'low image quality'
     assert d.loc["6_right", "myopia"] == 1 and d.loc["8_right", "dr_grade"] == 4
-    # an unknown keyword is reported and leaves `other` unknown, never guessed
-    assert report["unmapped_labels"] == {"suspected retinitis pigmentosa": 1}
-    assert pd.isna(d.loc["8_left", "other"]) and d.loc["8_left", "amd"] == 1
+    assert d.loc["8_left", "amd"] == 1 and pd.isna(d.loc["8_left", "other"])  # 'suspected retinitis pigmentosa'
+    assert report["unmapped_labels"] == {}  # every keyword of the fixture is a real one, and in the table
     assert report["warnings"] == []  # patient flags agree with the eyes
+
+
+def test_odir_keywords_the_old_table_missed_are_never_read_as_0(tmp_path):
+    df, _ = ingest("odir5k", tmp_path)
+    d = by_id(df)
+    # "old central retinal vein occlusion" is an RVO, not rvo = 0
+    assert d.loc["9_left", ["rvo", "crvo"]].tolist() == [1, 1]
+    # "suspected moderate non proliferative retinopathy": the DR grade is unknown, not 0
+    assert pd.isna(d.loc["9_right", "dr_grade"])
+    assert d.loc["10_left", "other"] == 1 and pd.isna(d.loc["10_left", "dr_grade"])  # IRMA: DR of unknown grade
+    assert d.loc["10_right", "other"] == 1 and d.loc["11_left", "other"] == 1 and d.loc["11_right", "other"] == 1
+
+
+def test_odir_unknown_keyword_leaves_every_unset_label_unknown_and_is_counted(tmp_path):
+    entries = fx.ODIR + [(12, 50, "Male", "mystery finding", "normal fundus", [0, 0, 0, 0, 0, 0, 0, 1])]
+    root = fx.build_odir5k(tmp_path / "o", entries)
+    df, report = read_dataset("odir5k", {"adapter": "odir5k", "root": str(root), "max_unknown_fraction": 0.2})
+    row = by_id(df).loc["12_left"]
+    assert row[["rvo", "dr_grade", "glaucoma", "other", "normal", "abnormal"]].isna().all()  # never 0
+    assert by_id(df).loc["12_right", "normal"] == 1
+    assert report["unmapped_labels"] == {"mystery finding": 1}
+    assert report["unknown_values"]["rvo"] == {"mystery finding": 1}
+
+
+def test_unknown_values_above_the_share_fail_ingest_naming_them(tmp_path):
+    entries = fx.ODIR + [(20 + i, 50, "Male", "mystery finding", "normal fundus", [0] * 8) for i in range(3)]
+    root = fx.build_odir5k(tmp_path / "o", entries)
+    cfg = {"adapter": "odir5k", "root": str(root)}
+    with pytest.raises(ManifestError) as e:  # 3 of 26 eyes = 11.5% > the default 5%
+        read_dataset("odir5k", cfg)
+    msg = str(e.value)
+    assert "'mystery finding' (3)" in msg and "max_unknown_fraction" in msg
+    assert {p["column"] for p in e.value.problems} >= {"rvo", "dr_grade", "other"}
+    df, _ = read_dataset("odir5k", {**cfg, "max_unknown_fraction": 0.2})
+    assert len(df) == 26
 
 
 def test_odir_flag_disagreement_is_reported(tmp_path):
     from openpyxl import load_workbook
 
     cfg = fx.build("odir5k", tmp_path / "o")
-    xlsx = tmp_path / "o" / "ODIR-5K" / "data.xlsx"
+    xlsx = tmp_path / "o" / "ODIR-5K" / "ODIR-5K" / "data.xlsx"
     wb = load_workbook(xlsx)
     wb.active["J2"] = 1  # G flag for patient 0, whose keywords say cataract / normal
     wb.save(xlsx)
@@ -118,26 +191,50 @@ def test_odir_flag_disagreement_is_reported(tmp_path):
     assert any("row 2" in w and "G=1" in w for w in report["warnings"])
 
 
-def test_rfmid_splits_and_disease_columns(tmp_path):
+def test_rfmid_real_header_with_crao_splits_and_disease_columns(tmp_path):
     df, _ = ingest("rfmid", tmp_path)
-    assert df["split"].value_counts().to_dict() == {"train": 4, "val": 2, "test": 2}
+    assert df["split"].value_counts().to_dict() == {"train": 5, "val": 2, "test": 2}
     d = by_id(df)
     assert d.loc["train-2", ["normal", "abnormal"]].tolist() == [1, 0]
     assert pd.isna(d.loc["train-1", "dr_grade"]) and d.loc["train-2", "dr_grade"] == 0
     assert d.loc["train-3", ["amd", "other"]].tolist() == [1, 1]  # ODC feeds `other`
+    assert d.loc["train-5", ["other", "abnormal"]].tolist() == [1, 1] and "CRAO" in d.loc["train-5", "source_label"]
     assert d.loc["test-2", ["rvo", "crvo", "brvo", "other"]].tolist() == [1, 1, 0, 1]
-    assert d.loc["val-1", "myopia"] == 1 and d.loc["test-1", "hypertensive"] == 1
+    # HR is haemorrhagic retinopathy: `other`, not hypertensive
+    assert d.loc["test-1", "other"] == 1 and "hypertensive" not in df.columns
+    assert d.loc["val-1", "myopia"] == 1
     assert d.loc["val-1", "path"].startswith("Evaluation_Set/") and d.loc["test-1", "path"].startswith("Test_Set/")
 
 
-def test_papila_messy_header_eyes_and_suspects(tmp_path):
+def test_rfmid_label_file_with_the_old_cra_typo_is_refused_naming_crao(tmp_path):
+    cfg = fx.build("rfmid", tmp_path / "r")
+    csv = tmp_path / "r" / "Training_Set" / "Training_Set" / "RFMiD_Training_Labels.csv"
+    csv.write_text(csv.read_text().replace(",CRAO,", ",CRA,"))
+    with pytest.raises(ManifestError) as e:
+        read_dataset("rfmid", cfg)
+    assert [p["column"] for p in e.value.problems] == ["CRAO"]
+
+
+def test_papila_two_header_rows_and_id_alone_below_them(tmp_path):
     df, report = ingest("papila", tmp_path)
     d = by_id(df)
-    assert len(df) == 6 and set(df["patient_id"]) == {"002", "004", "005"}
+    assert len(df) == 8 and set(df["patient_id"]) == {"002", "004", "005", "027"}  # data from row 4
     assert d.loc["RET004OD", ["eye", "glaucoma"]].tolist() == ["R", 1]
-    assert d.loc["RET005OD", "glaucoma_suspect"] == 1 and pd.isna(d.loc["RET005OD", "glaucoma"])
-    assert d.loc["RET005OS", ["eye", "glaucoma"]].tolist() == ["L", 0]
+    assert d.loc["RET002OD", "glaucoma_suspect"] == 1 and pd.isna(d.loc["RET002OD", "glaucoma"])
+    assert d.loc["RET002OS", ["eye", "glaucoma"]].tolist() == ["L", 0]
+    assert d.loc["RET027OD", "patient_id"] == d.loc["RET027OS", "patient_id"] == "027"
     assert report["unlabelled_images"] == []  # contour images are not photographs
+
+
+def test_papila_flat_one_row_header_export_also_reads(tmp_path):
+    root = tmp_path / "p"
+    for tag in ("od", "os"):
+        fx.write_xlsx(root / "ClinicalData" / f"patient_data_{tag}.xlsx",
+                      [["ID", "Age", "Gender", "Diagnosis"], ["#002", 47, 0, 2], ["#004", 58, 1, 1]])
+        for pid in ("002", "004"):
+            fx.write_image(root / "FundusImages" / f"RET{pid}{tag.upper()}.jpg")
+    df, _ = read_dataset("papila", {"adapter": "papila", "root": str(root)})
+    assert len(df) == 4 and by_id(df).loc["RET004OS", "glaucoma"] == 1
 
 
 def test_jsiec_class_folders(tmp_path):
@@ -156,15 +253,24 @@ def test_jsiec_class_folders(tmp_path):
 def test_jsiec_unknown_folder_is_reported_not_guessed(tmp_path):
     cfg = fx.build("jsiec", tmp_path / "j")
     fx.write_image(tmp_path / "j" / "1000images" / "40.Mystery" / "9999.jpg")
-    df, report = read_dataset("jsiec", cfg)
+    with pytest.raises(ManifestError, match="40.Mystery"):  # 1 of 10 images: above the default share
+        read_dataset("jsiec", cfg)
+    df, report = read_dataset("jsiec", {**cfg, "max_unknown_fraction": 0.2})
     assert report["unmapped_labels"] == {"40.Mystery": 1}
     row = by_id(df).loc["9999"]
     assert row[["normal", "abnormal", "dr_grade", "other"]].isna().all()
 
 
-def test_glaucoma_fundus_and_refuge(tmp_path):
-    df, _ = ingest("glaucoma_fundus", tmp_path)
-    assert df["glaucoma"].tolist().count(1) == 3 and df["glaucoma"].tolist().count(0) == 3
+def test_glaucoma_fundus_numbering_restarts_per_class_folder(tmp_path):
+    df, report = ingest("glaucoma_fundus", tmp_path)
+    assert len(df) == sum(fx.GLAUCOMA_FUNDUS.values()) and df["image_id"].is_unique
+    d = by_id(df)
+    assert d.loc["normal_control__001", "glaucoma"] == 0 and d.loc["early_glaucoma__001", "glaucoma"] == 1
+    assert d.loc["advanced_glaucoma__001", "source_label"] == "advanced_glaucoma"
+    assert any("repeat" in w for w in report["warnings"])
+
+
+def test_refuge_folders_and_spreadsheets(tmp_path):
     df, report = ingest("refuge", tmp_path)
     d = by_id(df)
     assert df["split"].value_counts().to_dict() == {"train": 5, "val": 2, "test": 2}
@@ -174,13 +280,33 @@ def test_glaucoma_fundus_and_refuge(tmp_path):
     assert report["unlabelled_images"] == []
 
 
-def test_deepdrid_windows_paths_and_per_eye_grades(tmp_path):
-    df, _ = ingest("deepdrid", tmp_path)
+def test_deepdrid_at_the_repository_root_with_real_paths_and_uwf_name_reuse(tmp_path):
+    df, report = ingest("deepdrid", tmp_path)
     d = by_id(df)
-    assert d.loc["1_l1", "path"] == "regular_fundus_images/regular-fundus-training/Images/1/1_l1.jpg"
-    assert d.loc["1_l1", ["patient_id", "eye", "dr_grade"]].tolist() == ["1", "L", 2]
-    assert d.loc["1_r2", ["eye", "dr_grade"]].tolist() == ["R", 1]
-    assert d.loc["3_r1", ["split", "dr_grade"]].tolist() == ["val", 3]
+    # `\regular-fundus-training\1\1_r1.jpg` -> the regular image, never ultra-widefield_images/.../1_r1.jpg
+    assert d.loc["1_r1", "path"] == "regular_fundus_images/regular-fundus-training/Images/1/1_r1.jpg"
+    assert d.loc["2_l1", ["patient_id", "eye", "dr_grade"]].tolist() == ["2", "L", 2]
+    assert d.loc["265_r1", ["split", "dr_grade"]].tolist() == ["val", 4]
+    assert len(df) == sum(len(v) for v in fx.DEEPDRID.values())
+    assert report["unlabelled_images"] == []  # the ultra-widefield images are not the regular set's
+
+
+def test_deepdrid_grade_in_the_other_eyes_column_is_kept(tmp_path):
+    df, report = ingest("deepdrid", tmp_path)
+    d = by_id(df)
+    # real rows: 56_r3 has its grade under left_eye_DR_Level, 56_l3 under right_eye_DR_Level
+    assert d.loc["56_r3", ["eye", "dr_grade"]].tolist() == ["R", 1]
+    assert d.loc["56_l3", ["eye", "dr_grade"]].tolist() == ["L", 0]
+    assert sum("other eye" in w for w in report["warnings"]) == 2
+
+
+def test_idrid_unpacked_whole_hints_stay_in_disease_grading(tmp_path):
+    df, report = ingest("idrid", tmp_path)
+    d = by_id(df)
+    # C. Localization reuses IDRiD_001.jpg...: the grading image is taken, not an ambiguity error
+    assert d.loc["train-IDRiD_001", "path"] == "B. Disease Grading/1. Original Images/a. Training Set/IDRiD_001.jpg"
+    assert d.loc["test-IDRiD_001", "path"].startswith("B. Disease Grading/1. Original Images/b. Testing Set/")
+    assert report["unlabelled_images"] == []  # parts A and C are not unlabelled grading images
 
 
 def test_retfound_layout_and_generic_imagefolder(tmp_path):
@@ -191,9 +317,35 @@ def test_retfound_layout_and_generic_imagefolder(tmp_path):
     assert df.groupby("source_label")["normal"].first().to_dict() == {"cataract": 0, "healthy": 1}
 
 
+def test_retfound_papila_copy_has_glaucoma_negatives_and_bsuspectglaucoma(tmp_path):
+    root = fx.build_retfound(tmp_path / "PAPILA", fx.RETFOUND_TREES["papila"])
+    df, report = read_dataset("papila", {"adapter": "retfound", "root": str(root)})
+    first = df.groupby("source_label").first()
+    assert set(df["glaucoma"].dropna().astype(int)) == {0, 1}  # anormal = glaucoma 0, not "normal"
+    assert first.loc["anormal", "glaucoma"] == 0 and pd.isna(first.loc["anormal", "normal"])
+    assert first.loc["bsuspectglaucoma", "glaucoma_suspect"] == 1 and pd.isna(first.loc["bsuspectglaucoma", "glaucoma"])
+    assert report["unmapped"] == [] and any("`papila`" in w for w in report["warnings"])
+
+
+def test_retfound_retina_anormal_is_a_normal_fundus(tmp_path):
+    root = fx.build_retfound(tmp_path / "Retina", fx.RETFOUND_TREES["retina"])
+    df, _ = read_dataset("retina", {"adapter": "retfound", "root": str(root)})
+    first = df.groupby("source_label").first()
+    assert first.loc["anormal", "normal"] == 1 and pd.isna(first.loc["anormal", "glaucoma"])
+
+
+def test_retfound_ambiguous_folders_ask_for_the_benchmark(tmp_path):
+    root = fx.build_retfound(tmp_path / "copy", {"anormal": 1, "cglaucoma": 1})  # PAPILA or Retina?
+    with pytest.raises(ManifestError, match="benchmark"):
+        read_dataset("x", {"adapter": "retfound", "root": str(root)})
+    df, _ = read_dataset("x", {"adapter": "retfound", "root": str(root), "benchmark": "papila"})
+    assert df.groupby("source_label")["glaucoma"].first()["anormal"] == 0
+
+
 def test_generic_csv_mapping_reports_unmapped_values(tmp_path):
     df, report = ingest("csv", tmp_path)
     d = by_id(df)
+    assert report["unknown_values"]["glaucoma"] == {"NTG": 1}
     assert d.loc["a1", ["patient_id", "eye", "split", "glaucoma"]].tolist() == ["MRN001", "R", "train", 1]
     assert d.loc["b1", ["eye", "split", "glaucoma"]].tolist() == ["R", "test", 0]
     assert pd.isna(d.loc["c1", "glaucoma"]) and report["unmapped_labels"] == {"NTG": 1}

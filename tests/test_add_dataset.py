@@ -17,7 +17,7 @@ import yaml
 from PIL import Image
 
 from fundusfm import config as fcfg
-from fundusfm.data.adapters import ADAPTER_OPTIONS, ADAPTERS, option_problems, read_dataset
+from fundusfm.data.adapters import ADAPTERS, list_adapters, option_problems, option_schema, read_dataset
 from fundusfm.data.cli import ingest_main
 from fundusfm.data.manifest import ManifestError
 from fundusfm.synth.draw import Disease, render_fundus
@@ -211,7 +211,7 @@ def test_unknown_adapter_and_unused_value_map_are_named():
 def test_every_adapter_declares_its_options_and_the_fixtures_use_only_those():
     import fixtures_datasets as fx
 
-    assert set(ADAPTER_OPTIONS) == set(ADAPTERS) | {"synth"}
+    assert all(option_schema(a) for a in list_adapters()) and set(list_adapters()) == set(ADAPTERS) | {"synth"}
     for name in fx.BUILDERS:
         assert option_problems(name, fx.dataset_config(name, Path("r"))) == [], name
     for cfg_file in ("config/config.yaml", "tests/configs/tiny.yaml", "config/paper.yaml", "config/retfound-benchmark.yaml"):

@@ -31,7 +31,7 @@ def hospital_cfg(root: Path, **over) -> dict:
            "quality_col": "Image quality", "quality_map": {"Good": "good", "Ungradable": "reject"},
            "image_glob": "images/*/*/*.jpg", "on_unlabelled": "error"}
     cfg.update(over)
-    return cfg
+    return {k: v for k, v in cfg.items() if v is not None}  # None: leave the option out
 
 
 @pytest.fixture(scope="module")

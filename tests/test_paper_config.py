@@ -33,25 +33,12 @@ def raw(path: Path) -> dict:
 
 
 # -------------------------------------------------------------- fixture copies of the datasets
-# RETFound benchmark copies: train/val/test/<class>; class folders as the config / adapter map them
-RETFOUND_TREES = {
-    "papila": {"anormal": 2, "bglaucoma": 2, "csuspect": 1},
-    "glaucoma_fundus": {"anormal_control": 2, "bearly_glaucoma": 1, "cadvanced_glaucoma": 1},
-    "jsiec": {"0.0.Normal": 2, "1.0.DR2": 1, "9.Pathological myopia": 1, "0.1.Tessellated fundus": 1},
-    "retina": {"anormal": 2, "bcataract": 1, "cglaucoma": 1, "ddretina_disease": 1},
-}
-
-
+# RETFound benchmark copies: train/val/test/<class>, the class folders of each benchmark
+# (fixtures_datasets.RETFOUND_TREES cites their source)
 def build_retfound_copy(name: str, root: Path) -> Path:
-    if name not in RETFOUND_TREES:  # the DR sets: RETFound's DR class folders
+    if name in ("messidor2", "idrid"):  # the DR sets: RETFound's DR class folders
         return fx.build_retfound(root)
-    k = 0
-    for split in ("train", "val", "test"):
-        for cls, n in RETFOUND_TREES[name].items():
-            for _ in range(n):
-                k += 1
-                fx.write_image(root / split / cls / f"{name}{k:03d}.png", f"rf-{name}-{k}")
-    return root
+    return fx.build_retfound(root, fx.RETFOUND_TREES[name])
 
 
 def with_fixture_roots(cfg: dict, base: Path) -> dict:

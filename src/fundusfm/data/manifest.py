@@ -8,6 +8,7 @@ column and value, so one run shows everything to fix.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 from pathlib import Path, PurePosixPath
@@ -97,11 +98,19 @@ def _as_label(value, column: str):
             f = float(value)
         except (TypeError, ValueError):
             return value, False
-        if f != int(f) or int(f) not in allowed:
+        # "NaN" / "inf" in a label column: a bad value to report, not an integer conversion crash
+        if not math.isfinite(f) or f != int(f) or int(f) not in allowed:
             return value, False
         return int(f), True
     v = str(value).strip().lower()
     return (v, True) if v in allowed else (value, False)
+
+
+def _nonfinite(value) -> bool:
+    try:
+        return not math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
 
 
 def validate_manifest(df: pd.DataFrame, dataset: str, root: str | Path, check_files: bool = True,
@@ -191,7 +200,10 @@ def validate_manifest(df: pd.DataFrame, dataset: str, root: str | Path, check_fi
         for i, v in enumerate(out[col]):
             value, ok = _as_label(v, col)
             if not ok:
-                problems.append(problem(out, i, col, v, f"not an allowed {col} value {list(LABELS[col].values)}", src))
+                nonfinite = _nonfinite(v)
+                problems.append(problem(out, i, col, v, (f"{v!s} is not a label value" if nonfinite else
+                                                         f"not an allowed {col} value") + f" {list(LABELS[col].values)}"
+                                        + ("; leave the cell empty for unknown" if nonfinite else ""), src))
                 value = pd.NA
             coerced.append(value)
         out[col] = pd.array(coerced, dtype="Int64" if col in NUMERIC_LABELS else object)

@@ -12,6 +12,11 @@
   them for the public adapters, whose quality grades are labels of their own (EyeQ, Messidor-2);
 - ``preprocess``: per-dataset ``max_reject_fraction`` / ``thresholds`` (read by the workflow's
   preprocess rule, not by ingest).
+- ``max_unknown_fraction``: ingest fails when unmappable source values leave more than this
+  share of a label column unknown (the message names the values).
+
+Each adapter declares its own options, with their types, in ``Adapter.options``;
+:func:`option_problems` checks a dataset entry against them before any job runs.
 """
 
 from __future__ import annotations
@@ -23,11 +28,13 @@ from pathlib import Path
 import pandas as pd
 
 from fundusfm.data.adapters import aptos, deepdrid, eyepacs, folders, generic, idrid, messidor, odir, papila, refuge, rfmid
-from fundusfm.data.adapters.base import Adapter, Context, Report
+from fundusfm.data.adapters.base import Adapter, Context, Opt, Report, option_type_problem, unknown_value_counts
 from fundusfm.data.manifest import ManifestError, closest, order_columns, path_escapes, validate_manifest
-from fundusfm.data.vocab import DISEASE_COLUMNS, harmonise_abnormal
+from fundusfm.data.vocab import DISEASE_COLUMNS, LABELS, harmonise_abnormal
 
 log = logging.getLogger(__name__)
+# share of a label column that unknown source values may blank before ingest fails
+DEFAULT_MAX_UNKNOWN = 0.05
 
 ADAPTERS: dict[str, Adapter] = {a.name: a for a in [
     aptos.ADAPTER, eyepacs.ADAPTER, eyepacs.EYEQ, idrid.ADAPTER, messidor.ADAPTER, odir.ADAPTER, rfmid.ADAPTER,
@@ -38,31 +45,6 @@ ADAPTERS: dict[str, Adapter] = {a.name: a for a in [
 ALIASES = {"aptos": "aptos2019", "kaggle_dr": "eyepacs", "kaggle_dr2015": "eyepacs", "messidor": "messidor2",
            "messidor-2": "messidor2", "odir": "odir5k", "odir-5k": "odir5k", "glaucoma-fundus": "glaucoma_fundus",
            "retfound_benchmark": "retfound"}
-COMMON_OPTIONS = {"adapter", "root", "exclude", "on_missing", "on_unlabelled", "exhaustive", "on_quality_reject",
-                  "preprocess"}
-# Keys each adapter reads besides COMMON_OPTIONS. Any other key in a dataset entry is a typo
-# (`image_column` for `image_col`) that would otherwise be ignored without a word.
-ADAPTER_OPTIONS: dict[str, frozenset[str]] = {
-    "aptos2019": frozenset({"labels_file", "include_unlabelled", "test_file"}),
-    "eyepacs": frozenset({"labels_file", "test_labels_file"}),
-    "eyeq": frozenset({"labels_file", "test_labels_file"}),
-    "idrid": frozenset({"labels_file", "test_labels_file"}),
-    "messidor2": frozenset({"labels_file", "pairs_file"}),
-    "odir5k": frozenset({"labels_file", "sheet", "split"}),
-    "rfmid": frozenset({"labels_file", "val_labels_file", "test_labels_file"}),
-    "papila": frozenset({"od_file", "os_file"}),
-    "jsiec": frozenset({"class_map"}),
-    "glaucoma_fundus": frozenset({"class_map"}),
-    "refuge": frozenset({"val_labels_file", "test_labels_file"}),
-    "deepdrid": frozenset({"labels_file", "val_labels_file"}),
-    "retfound": frozenset({"class_map"}),
-    "csv": frozenset({"labels_file", "image_col", "patient_col", "eye_col", "split_col", "split_map", "label_map",
-                      "value_map", "path_template", "sheet", "header_row", "id_template", "date_columns", "eyes",
-                      "quality_col", "quality_map", "image_glob", "patient_template"}),
-    "imagefolder": frozenset({"class_map", "split_dirs"}),
-    "manifest": frozenset({"path"}),
-    "synth": frozenset({"synth"}),
-}
 
 
 def get_adapter(name: str) -> Adapter:
@@ -73,36 +55,84 @@ def get_adapter(name: str) -> Adapter:
     return ADAPTERS[key]
 
 
-def option_problems(name: str, cfg: dict) -> list[dict]:
-    """Problems with the keys of dataset ``name``'s config entry, before anything is read.
+# Options every adapter understands (handled in read_dataset / _finish), with their types.
+COMMON_OPTIONS: dict[str, Opt] = {
+    "adapter": Opt("str", "the adapter's name (see list_adapters())"),
+    "root": Opt("path", "the folder the dataset was unpacked into"),
+    "exclude": Opt("ids_or_path", "image ids to leave out on purpose: a list, or a CSV (`image_id` column) / text "
+                                  "file (one id per line), relative to the root or the working directory"),
+    "on_missing": Opt("choice", "`error` (default) or `exclude` for images a label file lists but the disk lacks",
+                      ("error", "exclude")),
+    "on_unlabelled": Opt("choice", "`report` (default) or `error` for images on disk that no label covers",
+                         ("report", "error")),
+    "exhaustive": Opt("bool", "true: labels list every disease found, so all-negative means normal (see vocab)"),
+    "max_unknown_fraction": Opt("fraction", "ingest fails when source values the adapter cannot map leave more than "
+                                            f"this share of a label column unknown (default {DEFAULT_MAX_UNKNOWN})"),
+    "on_quality_reject": Opt("choice", "`exclude` or `keep` images whose grader `quality` is `reject` (default: "
+                                       "exclude for `csv` / `manifest`, keep for the public adapters)", ("exclude", "keep")),
+    "preprocess": Opt("mapping", "per-dataset `max_reject_fraction` / `thresholds` (read by the workflow's "
+                                 "preprocess rule, not by ingest)"),
+}
+SYNTH_OPTIONS: dict[str, Opt] = {"synth": Opt("mapping", "parameters of the synthetic dataset (fundusfm.synth)")}
 
-    An unknown adapter, or a key that adapter does not read (with the closest valid key),
-    each as a problem dict (``file`` ``config``, ``column`` ``datasets.<name>.<key>``).
-    The workflow's config check and ``read_dataset`` both use it.
+
+def option_schema(adapter_name: str) -> dict[str, Opt] | None:
+    """Every key a dataset entry with ``adapter: adapter_name`` may hold, with its type.
+
+    The adapter's own ``options`` plus :data:`COMMON_OPTIONS`; None for an unknown adapter.
     """
-    cfg = cfg or {}
+    key = str(adapter_name).lower()
+    if key == "synth":
+        return {**COMMON_OPTIONS, **SYNTH_OPTIONS}
+    key = ALIASES.get(key, key)
+    if key not in ADAPTERS:
+        return None
+    return {**COMMON_OPTIONS, **ADAPTERS[key].options}
+
+
+def option_problems(name: str, cfg: dict) -> list[dict]:
+    """Problems with dataset ``name``'s config entry, before anything is read.
+
+    An unknown adapter; a key that adapter does not read (with the closest valid key); a
+    value of the wrong type (``exhaustive: "no"``, ``label_map: grade``, an integer
+    ``labels_file``...). Each is a problem dict (``file`` ``config``, ``column``
+    ``datasets.<name>.<key>``). The workflow's config check (so ``snakemake -n`` refuses bad
+    options before any job runs) and ``read_dataset`` both use it.
+    """
+    if not isinstance(cfg, dict):
+        return [{"file": "config", "row": "", "column": f"datasets.{name}", "value": str(cfg)[:80],
+                 "message": f"a dataset entry must be a mapping (adapter, root, options), got {type(cfg).__name__}"}]
     where = f"datasets.{name}"
-    adapter_name = str(cfg.get("adapter", ""))
-    key = "synth" if adapter_name.lower() == "synth" else ALIASES.get(adapter_name.lower(), adapter_name.lower())
-    if key not in ADAPTER_OPTIONS:
-        hint = closest(adapter_name, list(ADAPTER_OPTIONS))
+    adapter_name = cfg.get("adapter", "")
+    if not isinstance(adapter_name, str):
+        return [{"file": "config", "row": "", "column": f"{where}.adapter", "value": str(adapter_name),
+                 "message": f"must be an adapter name (a string); available: {', '.join(list_adapters())}"}]
+    schema = option_schema(adapter_name)
+    if schema is None:
+        hint = closest(adapter_name, list_adapters())
         return [{"file": "config", "row": "", "column": f"{where}.adapter", "value": adapter_name,
                  "message": "unknown adapter" + (f" (did you mean {hint!r}?)" if hint else "")
-                            + f"; available: {', '.join(sorted(ADAPTER_OPTIONS))}"}]
-    valid = sorted(COMMON_OPTIONS | ADAPTER_OPTIONS[key])
+                            + f"; available: {', '.join(list_adapters())}"}]
+    key = "synth" if adapter_name.lower() == "synth" else get_adapter(adapter_name).name
+    valid = sorted(schema)
     problems = []
-    for k in cfg:
-        if k not in COMMON_OPTIONS and k not in ADAPTER_OPTIONS[key]:
+    for k, value in cfg.items():
+        if k not in schema:
             hint = closest(str(k), valid)
             problems.append({"file": "config", "row": "", "column": f"{where}.{k}", "value": "",
                              "message": f"not an option of adapter {key!r}" + (f" (did you mean {hint!r}?)" if hint else "")
                                         + f"; its options: {', '.join(valid)}"})
+            continue
+        why = option_type_problem(value, schema[k])
+        if why:
+            problems.append({"file": "config", "row": "", "column": f"{where}.{k}", "value": str(value)[:80],
+                             "message": why})
     if key == "csv" and cfg.get("on_unlabelled") == "error" and not cfg.get("image_glob"):
         # without the files it should cover, no image can be found unlisted: say so, never pass silently
         problems.append({"file": "config", "row": "", "column": f"{where}.on_unlabelled", "value": "error",
                          "message": "the csv adapter needs `image_glob:` (e.g. \"images/**/*.jpg\") to know which "
                                     "images on disk should have a row"})
-    if key == "csv":
+    if key == "csv" and not problems:
         # a value_map for a label that label_map does not read would never apply
         label_map = cfg.get("label_map") or {}
         for label in (cfg.get("value_map") or {}):
@@ -123,14 +153,22 @@ def _read_synth(name: str, root: Path) -> pd.DataFrame:
     return out[0] if isinstance(out, tuple) else out
 
 
-def _exclude_list(cfg: dict, root: Path) -> list[str]:
+def _exclude_list(name: str, cfg: dict, root: Path) -> list[str]:
     """``exclude:`` as a list of ids, or a path to a CSV/text file with an ``image_id`` column / one id per line."""
     ex = cfg.get("exclude") or []
     if isinstance(ex, str):
         p = Path(ex)
         p = p if p.is_absolute() or p.is_file() else root / p
+        if not p.is_file():
+            raise ManifestError(name, [{"file": str(p), "row": "", "column": "exclude", "value": ex,
+                                        "message": "exclude file not found (relative paths are looked up in the "
+                                                   "working directory, then under the dataset root)"}])
         if p.suffix.lower() == ".csv":
-            return [str(v) for v in pd.read_csv(p, dtype=str)["image_id"]]
+            table = pd.read_csv(p, dtype=str, keep_default_na=False)
+            if "image_id" not in table.columns:
+                raise ManifestError(name, [{"file": str(p), "row": 1, "column": "image_id", "value": "",
+                                            "message": f"an exclude CSV needs an `image_id` column; it has {list(table.columns)}"}])
+            return [str(v) for v in table["image_id"]]
         return [line.strip() for line in p.read_text().splitlines() if line.strip()]
     return [str(v) for v in ex]
 
@@ -144,7 +182,7 @@ def read_dataset(name: str, cfg: dict) -> tuple[pd.DataFrame, dict]:
     ``exclude``), unlabelled images when ``on_unlabelled: error``.
     """
     cfg = dict(cfg or {})
-    bad_keys = option_problems(name, cfg) if cfg.get("adapter") else []
+    bad_keys = option_problems(name, cfg) if cfg.get("adapter") else []  # names, types, before reading
     if bad_keys:
         raise ManifestError(name, bad_keys)
     adapter_name = cfg.get("adapter")
@@ -157,12 +195,6 @@ def read_dataset(name: str, cfg: dict) -> tuple[pd.DataFrame, dict]:
                                     "message": "dataset root is not a directory (download the dataset there, or fix `root:`)"}])
     on_missing = cfg.get("on_missing", "error")
     on_unlabelled = cfg.get("on_unlabelled", "report")
-    for key, value, allowed in (("on_missing", on_missing, ("error", "exclude")),
-                                ("on_unlabelled", on_unlabelled, ("report", "error")),
-                                ("on_quality_reject", cfg.get("on_quality_reject", "exclude"), ("exclude", "keep"))):
-        if value not in allowed:
-            raise ManifestError(name, [{"file": "config", "row": "", "column": key, "value": str(value),
-                                        "message": f"must be one of {allowed}"}])
     if str(adapter_name).lower() == "synth":
         adapter = Adapter(name="synth", read=lambda ctx: _read_synth(name, root), summary="synthetic", layout="")
     else:
@@ -208,7 +240,7 @@ def _finish(df: pd.DataFrame, ctx: Context, adapter: Adapter, on_missing: str, o
     df = df.reset_index(drop=True)
     keep = pd.Series(True, index=df.index)
 
-    excluded = set(_exclude_list(ctx.cfg, root))
+    excluded = set(_exclude_list(ctx.name, ctx.cfg, root))
     ids = df["image_id"].astype(str)
     for iid in sorted(excluded - set(ids)):
         report.warnings.append(f"exclude: {iid!r} is not an image of this dataset")
@@ -265,11 +297,38 @@ def _finish(df: pd.DataFrame, ctx: Context, adapter: Adapter, on_missing: str, o
         raise ManifestError(ctx.name, e.problems + unlabelled) from None
     if unlabelled:
         raise ManifestError(ctx.name, unlabelled)
-    exhaustive = bool(ctx.cfg.get("exhaustive", adapter.exhaustive))
+    exhaustive = ctx.cfg.get("exhaustive", adapter.exhaustive)  # a real boolean (option_problems)
     if any(c in df.columns for c in DISEASE_COLUMNS + ("normal", "abnormal")):
         df = harmonise_abnormal(df, exhaustive=exhaustive)
         df.attrs = attrs
-    return order_columns(validate_manifest(df, ctx.name, root, check_files=False))
+    df = order_columns(validate_manifest(df, ctx.name, root, check_files=False))
+    _check_unknown_share(df, ctx)
+    return df
+
+
+def _check_unknown_share(df: pd.DataFrame, ctx: Context) -> None:
+    """Fail when unmappable source values leave more than ``max_unknown_fraction`` of a label unknown.
+
+    A few unknown keywords are reported and left unknown; a mapping that misses a whole
+    class of values (a renamed folder, a new keyword spelling) would silently empty a
+    task's labels, so it stops ingest naming the values and their counts.
+    """
+    limit = ctx.cfg.get("max_unknown_fraction", DEFAULT_MAX_UNKNOWN)
+    if not ctx.report.unmapped or df.empty:
+        return
+    columns = [c for c in LABELS if c in df.columns]
+    problems = []
+    for col, values in unknown_value_counts(ctx.report.unmapped, columns).items():
+        n = sum(values.values())
+        if n / len(df) > limit:
+            listed = ", ".join(f"{v!r} ({k})" for v, k in sorted(values.items(), key=lambda kv: -kv[1])[:20])
+            problems.append({"file": str(ctx.root), "row": "", "column": col, "value": "",
+                             "message": f"unknown source values leave {col} unknown for {n} of {len(df)} images "
+                                        f"({n / len(df):.1%} > max_unknown_fraction {limit}): {listed}. Map them "
+                                        "(class_map / value_map, or report the adapter's missing entries), or raise "
+                                        "`max_unknown_fraction` for this dataset"})
+    if problems:
+        raise ManifestError(ctx.name, problems)
 
 
 def _excluded_row(df: pd.DataFrame, i: int, reason: str) -> dict:

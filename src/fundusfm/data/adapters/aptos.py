@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fundusfm.data.adapters.base import Adapter, Context, int_or_raw, read_table, require_columns, rows
+from fundusfm.data.adapters.base import Adapter, Context, Opt, int_or_raw, read_table, require_columns, rows
 
 DR_GRADES = {0: "No DR", 1: "Mild", 2: "Moderate", 3: "Severe", 4: "Proliferative DR"}
 MAPPING = {f"diagnosis={k} ({v})": {"dr_grade": k} for k, v in DR_GRADES.items()}
@@ -36,9 +36,12 @@ ADAPTER = Adapter(
     name="aptos2019",
     read=read,
     summary="APTOS 2019 Blindness Detection, DR grade 0-4, no patient ids",
-    layout="`train.csv` (`id_code`, `diagnosis`), `train_images/<id_code>.png`; optional `test.csv` + "
+    layout="Kaggle competition aptos2019-blindness-detection as downloaded: "
+           "`train.csv` (`id_code`, `diagnosis`), `train_images/<id_code>.png`; optional `test.csv` + "
            "`test_images/` (no labels, read only with `include_unlabelled: true`, split `test`).",
     mapping=MAPPING,
     labelled_dirs=r"(^|/)train_images/",
-    options={"include_unlabelled": "also list test.csv images (no labels), default false"},
+    options={"labels_file": Opt("path", "the labels CSV (default: `train.csv` under the root)"),
+             "include_unlabelled": Opt("bool", "also list test.csv images (no labels), default false"),
+             "test_file": Opt("path", "the unlabelled test list (default: `test.csv`)")},
 )

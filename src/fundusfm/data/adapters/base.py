@@ -11,6 +11,7 @@ once in :func:`fundusfm.data.adapters.read_dataset`.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -23,6 +24,104 @@ import pandas as pd
 from fundusfm.data.manifest import ManifestError
 
 IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
+
+
+@dataclass(frozen=True)
+class Opt:
+    """One adapter option: its type (checked before any job runs), what it does, allowed values.
+
+    ``kind`` is one of ``bool``, ``str``, ``path``, ``sheet`` (sheet name or 0-based index),
+    ``row`` (a 1-based line number), ``patterns`` (a glob or a list of globs),
+    ``fraction`` (a number in [0, 1]), ``choice`` (one of ``choices``), ``ids_or_path`` (a list
+    of image ids, or a file of them), ``class_map`` (``{folder: {label: value}}``), ``label_map``
+    (``{label: column}``), ``value_map`` (``{label: {source value: value}}``), ``split_map``
+    (``{source value: train|val|test|''}``), ``mapping`` (any mapping).
+    """
+
+    kind: str
+    doc: str
+    choices: tuple = ()
+
+
+def _typename(value) -> str:
+    return "a boolean" if isinstance(value, bool) else f"{type(value).__name__} {value!r}"[:80]
+
+
+def _is_scalar(v) -> bool:
+    return v is None or isinstance(v, (str, int, float, bool))
+
+
+def option_type_problem(value, opt: Opt) -> str | None:
+    """Why ``value`` is not a valid value of an option declared as ``opt`` (None when it is)."""
+    from fundusfm.data.vocab import LABELS
+
+    k = opt.kind
+    if k == "bool":
+        # a YAML string "no" / "false" is truthy in Python: refuse it rather than read it as true
+        return None if isinstance(value, bool) else f"must be true or false (a YAML boolean), got {_typename(value)}"
+    if k in ("str", "path"):
+        if not isinstance(value, str) or not value.strip():
+            return f"must be a non-empty {'path' if k == 'path' else 'string'}, got {_typename(value)}"
+        return None
+    if k == "sheet":
+        if isinstance(value, bool) or not isinstance(value, (str, int)) or (isinstance(value, int) and value < 0):
+            return f"must be a sheet name or a 0-based sheet index, got {_typename(value)}"
+        return None
+    if k == "row":
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            return f"must be a line number (1 = the first line), got {_typename(value)}"
+        return None
+    if k == "patterns":
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not items or any(not isinstance(v, str) or not v.strip() for v in items):
+            return f"must be a glob (e.g. \"images/**/*.jpg\") or a list of globs, got {_typename(value)}"
+        return None
+    if k == "fraction":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            return f"must be a number between 0 and 1, got {_typename(value)}"
+        return None
+    if k == "choice":
+        return None if isinstance(value, str) and value in opt.choices else (
+            f"must be one of {', '.join(repr(c) for c in opt.choices)}, got {_typename(value)}")
+    if k == "ids_or_path":
+        if isinstance(value, str):
+            return None if value.strip() else "must be a list of image ids or the path of a file listing them"
+        if isinstance(value, list):
+            bad = [v for v in value if isinstance(v, bool) or not isinstance(v, (str, int))]
+            return None if not bad else f"list entries must be image ids (strings), got {_typename(bad[0])}"
+        return f"must be a list of image ids or the path of a file listing them, got {_typename(value)}"
+    if not isinstance(value, dict):
+        shape = {"class_map": "{folder: {label: value}}", "label_map": "{label: column}",
+                 "value_map": "{label: {source value: value}}", "split_map": "{source value: train|val|test}",
+                 "mapping": "a mapping"}.get(k, "a mapping")
+        return f"must be a mapping {shape}, got {_typename(value)}"
+    if k == "class_map":
+        for folder, labels in value.items():
+            if not isinstance(labels, dict):
+                return f"entry {folder!r} must be a mapping {{label: value}}, got {_typename(labels)}"
+            for label, v in labels.items():
+                if label != "note" and label not in LABELS:
+                    return f"entry {folder!r}: {label!r} is not a harmonised label (known: {', '.join(LABELS)})"
+                if not _is_scalar(v):
+                    return f"entry {folder!r}: value of {label!r} must be a single value, got {_typename(v)}"
+    elif k == "label_map":
+        for label, col in value.items():
+            if label not in LABELS:
+                return f"{label!r} is not a harmonised label (known: {', '.join(LABELS)})"
+            if not isinstance(col, str) or not col:
+                return f"entry {label!r} must name a column (a string), got {_typename(col)}"
+    elif k == "value_map":
+        for label, vm in value.items():
+            if not isinstance(vm, dict):
+                return f"entry {label!r} must be a mapping {{source value: value}}, got {_typename(vm)}"
+            bad = [v for v in vm.values() if not _is_scalar(v)]
+            if bad:
+                return f"entry {label!r}: values must be single values, got {_typename(bad[0])}"
+    elif k == "split_map":
+        for src, split in value.items():
+            if split not in ("train", "val", "test", ""):
+                return f"entry {src!r} must map to train, val, test or '' , got {_typename(split)}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -39,6 +138,8 @@ class Adapter:
     exhaustive: bool = False
     # regex on relative paths: every image there should have a label (others are reported)
     labelled_dirs: str | None = None
+    # option name -> Opt: the adapter's own keys (besides the common ones), type-checked by the
+    # workflow's config check and by read_dataset before anything is read
     options: dict = field(default_factory=dict)
 
 
@@ -53,9 +154,16 @@ class Report:
         self.warnings: list[str] = []
         self.errors: list[dict] = []
 
-    def unmapped_label(self, file, row, column, value, message: str = "no entry in the adapter's label mapping; left unknown") -> None:
-        """A source label with no harmonised meaning: reported, the label stays unknown."""
-        self.unmapped.append({"file": str(file), "row": row, "column": column, "value": str(value), "message": message})
+    def unmapped_label(self, file, row, column, value, message: str = "no entry in the adapter's label mapping; left unknown",
+                       labels=None) -> None:
+        """A source label with no harmonised meaning: reported, the label stays unknown.
+
+        ``labels``: the harmonised columns this value left unknown (None: every label of the
+        row). Ingest fails when unknown values blank more than ``max_unknown_fraction`` of a
+        label column (see :func:`fundusfm.data.adapters.read_dataset`).
+        """
+        self.unmapped.append({"file": str(file), "row": row, "column": column, "value": str(value), "message": message,
+                              "labels": None if labels is None else sorted(labels)})
 
     def error(self, file, row, column, value, message: str) -> None:
         """Bad input; collected so one run lists every problem, raised before the manifest is written."""
@@ -78,9 +186,24 @@ class Report:
         unmapped_summary: dict[str, int] = {}
         for u in self.unmapped:
             unmapped_summary[u["value"]] = unmapped_summary.get(u["value"], 0) + 1
-        out.update({"unmapped_labels": unmapped_summary, "unmapped": self.unmapped, "excluded": self.excluded,
-                    "unlabelled_images": self.unlabelled_images, "warnings": self.warnings})
+        out.update({"unmapped_labels": unmapped_summary, "unmapped": self.unmapped,
+                    "unknown_values": unknown_value_counts(self.unmapped, list(out.get("labels", {}))),
+                    "excluded": self.excluded, "unlabelled_images": self.unlabelled_images, "warnings": self.warnings})
         return out
+
+
+def unknown_value_counts(unmapped: list[dict], columns: list[str]) -> dict[str, dict[str, int]]:
+    """Per harmonised label column: source value -> number of images it left unknown.
+
+    An entry names the columns it blanked (``labels``; None means every column); images are
+    counted once per (file, row, source column), the unit a source value labels.
+    """
+    seen: dict[str, dict[str, set]] = {}
+    for u in unmapped:
+        cols = u.get("labels")
+        for c in columns if cols is None else [c for c in cols if c in columns]:
+            seen.setdefault(c, {}).setdefault(u["value"], set()).add((u["file"], str(u["row"]), u["column"]))
+    return {c: {v: len(k) for v, k in sorted(vals.items())} for c, vals in sorted(seen.items())}
 
 
 class FileIndex:
@@ -125,6 +248,13 @@ class FileIndex:
             raise LookupError(f"{name!r} matches several files: {', '.join(cands[:5])}")
         return cands[0] if cands else None
 
+    def has_folder(self, hint: str) -> bool:
+        """Whether any image lies in a folder matching ``hint`` (the regex of :meth:`find`)."""
+        cache = self.__dict__.setdefault("_folder_hits", {})
+        if hint not in cache:
+            cache[hint] = any(re.search(hint, f.rsplit("/", 1)[0], re.I) for f in self.images if "/" in f)
+        return cache[hint]
+
     def match(self, pattern: str) -> list[str]:
         """All files whose relative path matches ``pattern`` (regex, case-insensitive)."""
         rx = re.compile(pattern, re.I)
@@ -150,12 +280,15 @@ class Context:
     def locate(self, name: str, hint: str | None, expected: str, file, row, anywhere: bool = False) -> str:
         """Path of an image named in a label file; ``expected`` when absent (reported later as missing).
 
-        ``anywhere``: when nothing matches the folder hint, accept a unique match elsewhere
-        (for datasets whose image names are unique, like EyePACS ``10_left``).
+        ``anywhere``: when the download has no folder matching the hint at all (a user's own
+        re-packaging), accept a unique match elsewhere (for datasets whose image names are
+        unique, like EyePACS ``10_left``). When the hinted folder exists, an image absent from
+        it is missing: never a same-named copy from another folder (ODIR's Kaggle download has
+        ``preprocessed_images/`` beside ``Training Images/``).
         """
         try:
             found = self.index.find(name, hint)
-            if found is None and anywhere and hint is not None:
+            if found is None and anywhere and hint is not None and not self.index.has_folder(hint):
                 found = self.index.find(name, None)
         except LookupError as e:
             self.report.error(file, row, "image", name, str(e))
@@ -182,12 +315,32 @@ class Context:
         raise ManifestError(self.name, [{"file": str(self.root), "row": "", "column": key, "value": "", "message": msg}])
 
 
-def read_table(path: Path, dataset: str, header_row: int = 0, sheet=0) -> pd.DataFrame:
+def sniff_delimiter(path: Path, skip: int = 0) -> str:
+    """The field separator of a text table: the most frequent of ``,`` ``;`` tab in its header
+    line (the first line after ``skip`` title lines).
+
+    Messidor-2's ``messidor-2.csv`` is ``;``-separated (``left;right``); read with commas,
+    every row would be one field and every image its own patient.
+    """
+    try:
+        with open(path, encoding="utf-8-sig", errors="replace") as f:
+            for _ in range(skip):
+                f.readline()
+            first = f.readline()
+    except OSError:
+        return ","
+    counts = {d: first.count(d) for d in (",", ";", "\t")}
+    best = max(counts, key=lambda d: (counts[d], d == ","))
+    return best if counts[best] else ","
+
+
+def read_table(path: Path, dataset: str, header_row: int = 0, sheet=0, sep: str | None = None) -> pd.DataFrame:
     """Read a CSV or spreadsheet as strings with clean column names and provenance.
 
     Column names are stripped (IDRiD's ``'Risk of macular edema '``), empty ``Unnamed``
     columns and all-empty rows (spreadsheet padding) dropped; ``_file`` and ``_row`` (the
-    line number a user sees in a spreadsheet program) are added. Unreadable files raise
+    line number a user sees in a spreadsheet program) are added. Text files are split on
+    ``sep`` (default: :func:`sniff_delimiter`). Unreadable files raise
     :class:`ManifestError` naming the file.
     """
     try:
@@ -197,7 +350,7 @@ def read_table(path: Path, dataset: str, header_row: int = 0, sheet=0) -> pd.Dat
             # title lines above the header have fewer fields than the table: skip them here
             # and pad back, so `_row` stays the line a user sees
             raw = pd.read_csv(path, header=None, dtype=str, keep_default_na=False, encoding="utf-8-sig",
-                              skip_blank_lines=False, skiprows=header_row)
+                              skip_blank_lines=False, skiprows=header_row, sep=sep or sniff_delimiter(path, header_row))
             if header_row:
                 pad = pd.DataFrame([[""] * raw.shape[1]] * header_row, columns=raw.columns)
                 raw = pd.concat([pad, raw], ignore_index=True)
@@ -255,9 +408,10 @@ def int_or_raw(value: str):
         return None
     try:
         f = float(value)
-        return int(f) if f == int(f) else value
     except ValueError:
         return value
+    # NaN / inf stay raw, so validation names the file, row and column instead of a traceback
+    return int(f) if math.isfinite(f) and f == int(f) else value
 
 
 def rows(records: list[dict], source_columns: dict | None = None) -> pd.DataFrame:

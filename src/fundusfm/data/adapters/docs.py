@@ -11,7 +11,7 @@ import re
 import sys
 from pathlib import Path
 
-from fundusfm.data.adapters import ADAPTERS, ALIASES
+from fundusfm.data.adapters import ADAPTERS, ALIASES, COMMON_OPTIONS
 from fundusfm.data.vocab import LABELS
 
 BEGIN = "<!-- BEGIN GENERATED: python -m fundusfm.data.adapters.docs --write docs/datasets.md -->"
@@ -32,11 +32,20 @@ def _fmt_labels(labels) -> str:
     return text
 
 
+def _fmt_kind(opt) -> str:
+    if opt.kind == "choice":
+        return "one of " + ", ".join(f"`{c}`" if c else "`''`" for c in opt.choices)
+    return {"bool": "true/false", "path": "path", "str": "string", "sheet": "sheet name or index",
+            "fraction": "number 0-1", "ids_or_path": "list of ids or a file"}.get(opt.kind, opt.kind.replace("_", " "))
+
+
 def render_markdown() -> str:
     """The generated part of docs/datasets.md: vocabulary, then one section per adapter."""
     out = ["## Harmonised vocabulary", "", "| column | values | meaning |", "|---|---|---|"]
     for name, lab in LABELS.items():
         out.append(f"| `{name}` | {', '.join(str(v) for v in lab.values)} | {lab.description} |")
+    out += ["", "## Options of every adapter", ""]
+    out += [f"- `{k}` ({_fmt_kind(v)}): {v.doc}" for k, v in COMMON_OPTIONS.items()]
     aliases: dict[str, list[str]] = {}
     for a, target in ALIASES.items():
         aliases.setdefault(target, []).append(a)
@@ -51,7 +60,7 @@ def render_markdown() -> str:
                       if ad.labelled_dirs else ""))
         if ad.options:
             out.append("")
-            out += [f"- option `{k}`: {v}" for k, v in ad.options.items()]
+            out += [f"- option `{k}` ({_fmt_kind(v)}): {v.doc}" for k, v in ad.options.items()]
         out += ["", "| source label | harmonised |", "|---|---|"]
         for src, labels in ad.mapping.items():
             out.append(f"| `{src}` | {_fmt_labels(labels)} |")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from fundusfm.data.adapters.base import Adapter, Context, int_or_raw, read_table, require_columns, rows
+from fundusfm.data.adapters.base import Adapter, Context, Opt, int_or_raw, read_table, require_columns, rows
 
 NAME_RE = re.compile(r"^(?P<patient>.+)_(?P<eye>left|right)$", re.I)
 MAPPING = {f"level={k}": {"dr_grade": k} for k in range(5)}
@@ -83,6 +83,8 @@ ADAPTER = Adapter(
            "`10_left` gives patient `10`, eye `L`. Images found by name (any extension case) when not in those folders.",
     mapping=MAPPING,
     labelled_dirs=r"(^|/)train/",
+    options={"labels_file": Opt("path", "the training labels (default: `trainLabels.csv` under the root)"),
+             "test_labels_file": Opt("path", "the test labels (default: `retinopathy_solution.csv`, optional)")},
 )
 
 EYEQ = Adapter(
@@ -94,4 +96,6 @@ EYEQ = Adapter(
            "files may live elsewhere (`labels_file:`, `test_labels_file:`). EyeQ reuses EyePACS images: run "
            "`fundusfm overlap` before combining the two.",
     mapping=EYEQ_MAPPING,
+    options={"labels_file": Opt("path", "the EyeQ training grades (default: `Label_EyeQ_train.csv` under the root)"),
+             "test_labels_file": Opt("path", "the EyeQ test grades (default: `Label_EyeQ_test.csv`, optional)")},
 )

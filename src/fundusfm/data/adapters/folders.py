@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from fundusfm.data.adapters.base import Adapter, Context, rows
+from fundusfm.data.adapters.base import Adapter, Context, Opt, rows
 from fundusfm.data.manifest import ManifestError
 
 SPLIT_DIRS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
@@ -117,20 +117,64 @@ def read_glaucoma_fundus(ctx: Context):
 
 
 # ---- RETFound benchmark layout train/val/test/<class> -----------------------------------------
-# class folder names used by the RETFound_MAE benchmark copies (letters prefixed so folders sort by grade)
-RETFOUND_CLASSES = {
-    "anoDR": {"dr_grade": 0}, "bmildDR": {"dr_grade": 1}, "cmoderateDR": {"dr_grade": 2},
-    "dsevereDR": {"dr_grade": 3}, "eproDR": {"dr_grade": 4}, "eproliferativeDR": {"dr_grade": 4},
-    "anormal_control": {"glaucoma": 0}, "bearly_glaucoma": {"glaucoma": 1}, "cadvanced_glaucoma": {"glaucoma": 1},
-    "anormal": {"normal": 1, "abnormal": 0}, "bcataract": {"cataract": 1}, "cglaucoma": {"glaucoma": 1},
-    "ddretina_disease": {"abnormal": 1, "note": "Retina dataset: retinal disease, unspecified"},
-    "bglaucoma": {"glaucoma": 1}, "csuspect": {"glaucoma_suspect": 1},
-    **{k: v for k, v in JSIEC_CLASSES.items()},
+# The class folders of RETFound's benchmark copies (letters prefixed so ImageFolder sorts them by
+# grade), per benchmark dataset, as RETFound-style loaders list them (`RETFoundDataset`:
+# PAPILA anormal/bsuspectglaucoma/cglaucoma, Glaucoma_fundus anormal_control/bearly_glaucoma/
+# cadvanced_glaucoma, Retina anormal/bcataract/cglaucoma/ddretina_disease, JSIEC's 39 folders,
+# IDRiD anoDR..eproDR, APTOS/MESSIDOR2 anodr..eproliferativedr). The same folder name means
+# different things per dataset: PAPILA's `anormal` is "not glaucomatous" (glaucoma = 0), Retina's
+# `anormal` is a normal fundus. So the benchmark is told (`benchmark:`) or recognised from its
+# folder set (and, like RETFound's loader, from the root's name).
+_DR_FOLDERS = {"anoDR": {"dr_grade": 0}, "bmildDR": {"dr_grade": 1}, "cmoderateDR": {"dr_grade": 2},
+               "dsevereDR": {"dr_grade": 3}, "eproDR": {"dr_grade": 4}, "eproliferativeDR": {"dr_grade": 4}}
+RETFOUND_BENCHMARKS: dict[str, dict[str, dict]] = {
+    "dr": _DR_FOLDERS,  # APTOS2019, MESSIDOR2, IDRiD_data
+    "papila": {"anormal": {"glaucoma": 0, "glaucoma_suspect": 0, "note": "PAPILA: not glaucomatous"},
+               "bsuspectglaucoma": {"glaucoma_suspect": 1, "note": "suspect: glaucoma unknown"},
+               "cglaucoma": {"glaucoma": 1, "glaucoma_suspect": 0}},
+    "glaucoma_fundus": {"anormal_control": {"glaucoma": 0}, "bearly_glaucoma": {"glaucoma": 1},
+                        "cadvanced_glaucoma": {"glaucoma": 1}},
+    "retina": {"anormal": {"normal": 1, "abnormal": 0}, "bcataract": {"cataract": 1}, "cglaucoma": {"glaucoma": 1},
+               "ddretina_disease": {"abnormal": 1, "note": "Retina dataset: retinal disease, unspecified"}},
+    "jsiec": JSIEC_CLASSES,
 }
+# root-name hints, as RETFound's own loader picks the folder list ('PAPILA' in root ...)
+_ROOT_HINTS = {"papila": "papila", "glaucoma_fundus": "glaucoma_fundus", "retina": "retina", "jsiec": "jsiec",
+               "dr": ("aptos", "messidor", "idrid")}
+RETFOUND_CLASSES = {f"{name}: {folder}": labels for name, m in RETFOUND_BENCHMARKS.items() for folder, labels in m.items()}
+
+
+def _retfound_benchmark(ctx: Context) -> str:
+    """Which benchmark copy the root holds: ``benchmark:``, else the one whose folders cover the root's."""
+    given = ctx.option("benchmark")
+    if given:
+        return given
+    folders = {norm_class(r.split("/")[-2]) for r in ctx.index.images
+               if len(r.split("/")) >= 3 and r.split("/")[0].lower() in SPLIT_DIRS and not NOT_PHOTOS.search(r)}
+    known = {b: {norm_class(f) for f in m} for b, m in RETFOUND_BENCHMARKS.items()}
+    score = {b: len(folders & k) for b, k in known.items()}
+    best = max(score.values(), default=0)
+    cands = [b for b, v in score.items() if v == best and v > 0]
+    if len(cands) > 1:
+        root = str(ctx.root).lower()
+        named = [b for b in cands if any(h in root for h in ((_ROOT_HINTS[b],) if isinstance(_ROOT_HINTS[b], str)
+                                                              else _ROOT_HINTS[b]))]
+        cands = named if len(named) == 1 else cands
+    if len(cands) != 1:
+        raise ManifestError(ctx.name, [{"file": str(ctx.root), "row": "", "column": "benchmark", "value": "",
+                                        "message": "cannot tell which RETFound benchmark copy this is from its class "
+                                                   f"folders {sorted(folders)} (candidates: {cands or sorted(known)}); "
+                                                   f"set `benchmark:` to one of {', '.join(sorted(known))}"}])
+    return cands[0]
 
 
 def read_retfound(ctx: Context):
-    return rows(folder_records(ctx, ctx.option("class_map", RETFOUND_CLASSES), split_layout=True))
+    cmap = ctx.option("class_map")
+    if cmap is None:
+        bench = _retfound_benchmark(ctx)
+        cmap = RETFOUND_BENCHMARKS[bench]
+        ctx.report.warnings.append(f"RETFound benchmark copy read with the `{bench}` class folders")
+    return rows(folder_records(ctx, cmap, split_layout=True))
 
 
 # ---- generic imagefolder --------------------------------------------------------------------
@@ -145,28 +189,36 @@ def read_imagefolder(ctx: Context):
     return rows(folder_records(ctx, cmap, split_layout=split_layout))
 
 
+CLASS_MAP_OPT = Opt("class_map", "`{folder: {label: value}}` replacing the built-in folder table")
 JSIEC = Adapter(
     name="jsiec", read=read_jsiec,
     summary="JSIEC 1000 fundus images, 39 class folders",
     layout="`<root>/<class>/*.jpg` with the 39 folders `0.0.Normal` ... `29.1.Blur fundus with suspected PDR` (any "
-           "depth; the class is the image's parent folder, matched ignoring case, spaces, `_` and `-`). No patient ids. "
-           "Override or extend with `class_map:`.",
-    mapping=JSIEC_CLASSES, labelled_dirs=None,
+           "depth, e.g. the Kaggle copy's `1000images/`; the class is the image's parent folder, matched ignoring case, "
+           "spaces, `_` and `-`). No patient ids. Override or extend with `class_map:`.",
+    mapping=JSIEC_CLASSES, labelled_dirs=None, options={"class_map": CLASS_MAP_OPT},
 )
 GLAUCOMA_FUNDUS = Adapter(
     name="glaucoma_fundus", read=read_glaucoma_fundus,
     summary="Glaucoma Fundus (Kim et al.): normal control / early / advanced glaucoma folders",
-    layout="`<root>/normal_control/`, `early_glaucoma/`, `advanced_glaucoma/` (any depth). The stage stays in "
+    layout="`<root>/normal_control/`, `early_glaucoma/`, `advanced_glaucoma/` (any depth). The file numbering restarts "
+           "in each class folder, so when names repeat `image_id` is the path with `/` -> `__`. The stage stays in "
            "`source_label`. No patient ids.",
-    mapping=GLAUCOMA_FUNDUS_CLASSES,
+    mapping=GLAUCOMA_FUNDUS_CLASSES, options={"class_map": CLASS_MAP_OPT},
 )
 RETFOUND = Adapter(
     name="retfound", read=read_retfound,
     summary="RETFound benchmark copy of a dataset: train/val/test/<class>",
-    layout="`<root>/{train,val,test}/<class>/*`; the class folders of the RETFound benchmark copies (`anoDR`, "
-           "`bmildDR`, ..., `anormal_control`, ...) are mapped by default, `class_map:` overrides. No patient ids "
-           "(the benchmark copies dropped them: prefer the original dataset's adapter for patient-grouped splits).",
+    layout="`<root>/{train,val,test}/<class>/*` as in RETFound_MAE's BENCHMARK.md data splits. The class folders "
+           "differ per benchmark and mean different things (PAPILA `anormal` = not glaucomatous, Retina `anormal` = "
+           "normal fundus), so the table used is the benchmark's: `benchmark:` (`dr` for APTOS2019 / MESSIDOR2 / "
+           "IDRiD_data, `papila`, `glaucoma_fundus`, `retina`, `jsiec`), else the one whose folders match the root's "
+           "(ties broken by the root's name, as RETFound's loader does). `class_map:` replaces the table. No patient "
+           "ids (the benchmark copies dropped them: prefer the original dataset's adapter for patient-grouped splits).",
     mapping=RETFOUND_CLASSES,
+    options={"class_map": CLASS_MAP_OPT,
+             "benchmark": Opt("choice", "which benchmark copy the root holds (default: recognised from its folders)",
+                              tuple(RETFOUND_BENCHMARKS))},
 )
 IMAGEFOLDER = Adapter(
     name="imagefolder", read=read_imagefolder,
@@ -174,4 +226,6 @@ IMAGEFOLDER = Adapter(
     layout="`<root>/<class>/*` or `<root>/<split>/<class>/*` (detected when every top folder is a split name, or "
            "`split_dirs: true`); `class_map: {folder: {label: value}}` required; unmapped folders are reported.",
     mapping={"<folder>": {"<label>": "<value> from class_map"}},
+    options={"class_map": Opt("class_map", "`{folder: {label: value}}` (required)"),
+             "split_dirs": Opt("bool", "true: the top folders are train/val/test (default: detected)")},
 )

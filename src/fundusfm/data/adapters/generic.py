@@ -8,7 +8,7 @@ import string
 from datetime import datetime
 from pathlib import Path
 
-from fundusfm.data.adapters.base import Adapter, Context, IMAGE_EXTS, parse_eye, read_table, require_columns, rows
+from fundusfm.data.adapters.base import Adapter, Context, IMAGE_EXTS, Opt, parse_eye, read_table, require_columns, rows
 from fundusfm.data.manifest import REQUIRED_COLUMNS, ManifestError, closest, read_manifest_csv, validate_manifest
 from fundusfm.data.vocab import LABELS
 
@@ -284,6 +284,25 @@ CSV = Adapter(
            "`quality_col` + `quality_map` (grader quality; `reject` images are excluded), "
            "`image_glob` (the images on disk, so files no row lists are reported).",
     mapping={"<column>": "via label_map / value_map in the config"},
+    options={"labels_file": Opt("path", "the labels table (CSV / xlsx), relative to the root"),
+             "image_col": Opt("str", "column with the image id, file name or relative path"),
+             "patient_col": Opt("str", "column with the patient id"),
+             "eye_col": Opt("str", "column with the eye (L/left/OS, R/right/OD)"),
+             "split_col": Opt("str", "column with the official split"),
+             "split_map": Opt("split_map", "`{source value: train|val|test}` for split_col"),
+             "label_map": Opt("label_map", "`{harmonised label: column}`"),
+             "value_map": Opt("value_map", "`{label: {source value: harmonised value}}`"),
+             "path_template": Opt("str", "image path built from the row's columns, e.g. `images/{image_id}.png`"),
+             "sheet": Opt("sheet", "sheet name or 0-based index in a spreadsheet"),
+             "header_row": Opt("row", "1-based line of the header (title rows above it are skipped)"),
+             "id_template": Opt("str", "image id built from the row's columns (and `eye`, `eye_odos`)"),
+             "patient_template": Opt("str", "patient id built from the row's columns, e.g. `{MRN:0>7}`"),
+             "date_columns": Opt("mapping", "`{column: strptime format, or null for ISO dates}`"),
+             "eyes": Opt("mapping", "`{R: {field: column}, L: {field: column}}`: one row holds both eyes"),
+             "quality_col": Opt("str", "column with a grader's image quality"),
+             "quality_map": Opt("mapping", "`{source value: good|usable|reject}` for quality_col"),
+             "image_glob": Opt("patterns", "the images on disk (a glob or a list of globs, relative to the root), "
+                                           "so files no row lists are reported")},
 )
 MANIFEST = Adapter(
     name="manifest", read=read_manifest_adapter,
@@ -291,4 +310,5 @@ MANIFEST = Adapter(
     layout="`path:` a CSV with the manifest columns (`image_id`, `path` relative to `root`, optional `patient_id`, "
            "`eye`, `split`, harmonised label columns, `source_label`); validated like every adapter's output.",
     mapping={"<label column>": "as given, checked against the vocabulary"},
+    options={"path": Opt("path", "the manifest CSV (under the root, else relative to the working directory)")},
 )

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from fundusfm.data.adapters.base import (Adapter, Context, find_column, int_or_raw, read_table,
+import re
+from pathlib import Path
+
+from fundusfm.data.adapters.base import (Adapter, Context, Opt, find_column, int_or_raw, read_table,
                                          require_columns, rows)
 
 MAPPING = {**{f"Retinopathy grade={k}": {"dr_grade": k} for k in range(5)},
@@ -11,15 +14,33 @@ MAPPING = {**{f"Retinopathy grade={k}": {"dr_grade": k} for k in range(5)},
            "Risk of macular edema=2": {"dme_grade": 2, "dme": 1}}
 
 
+def _grading_dir(ctx: Context, labels: Path) -> str:
+    """The ``B. Disease Grading`` folder (relative to the root) that holds ``labels``.
+
+    Unpacked whole, IDRiD puts ``A. Segmentation``, ``B. Disease Grading`` and
+    ``C. Localization`` side by side, and part C reuses the grading images' names
+    (``IDRiD_001.jpg``), so lookups stay inside the grading part: the folder above
+    ``2. Groundtruths``.
+    """
+    rel = labels.relative_to(ctx.root) if labels.is_relative_to(ctx.root) else Path(labels.name)
+    parts = rel.parts[:-1]
+    for i in range(len(parts) - 1, -1, -1):
+        if "groundtruth" in parts[i].lower():
+            return "/".join(parts[:i])
+    return "/".join(parts[:-1]) if len(parts) > 1 else ""
+
+
 def read(ctx: Context):
     """Training and testing label CSVs; ids get a split prefix because both sets reuse ``IDRiD_001``..."""
     records = []
-    sources = [("train", ctx.label_file("labels_file", r"Training[ _]Labels\.csv$", "IDRiD training labels CSV"), r"train"),
+    sources = [("train", ctx.label_file("labels_file", r"Training[ _]Labels\.csv$", "IDRiD training labels CSV")),
                ("test", ctx.label_file("test_labels_file", r"Testing[ _]Labels\.csv$", "IDRiD testing labels CSV",
-                                       required=False), r"test")]
-    for split, path, hint in sources:
+                                       required=False))]
+    for split, path in sources:
         if path is None:
             continue
+        base = _grading_dir(ctx, path)
+        hint = ("^" + re.escape(base) + "/" if base else "^") + rf".*{split}"
         df = read_table(path, ctx.name)  # strips 'Risk of macular edema ' and drops the empty trailing columns
         name_col = find_column(df, "Image name", "Image")
         dr_col = find_column(df, "Retinopathy grade")
@@ -29,9 +50,10 @@ def read(ctx: Context):
         for r in df.to_dict("records"):
             name = r[name_col]
             risk = int_or_raw(r[dme_col])
+            expected = f"{base + '/' if base else ''}1. Original Images/{split}/{name}.jpg"
             records.append({
                 "image_id": f"{split}-{name}",
-                "path": ctx.locate(name, hint, f"1. Original Images/{split}/{name}.jpg", path, r["_row"]),
+                "path": ctx.locate(name, hint, expected, path, r["_row"]),
                 "patient_id": f"{split}-{name}", "eye": "U", "split": split,
                 "dr_grade": int_or_raw(r[dr_col]), "dme_grade": risk,
                 "dme": (1 if risk > 0 else 0) if isinstance(risk, int) else None,
@@ -50,7 +72,11 @@ ADAPTER = Adapter(
            "`Risk of macular edema ` with a trailing space, then empty unnamed columns); images "
            "`1. Original Images/a. Training Set/IDRiD_001.jpg`, `b. Testing Set/...`. Training and testing "
            "reuse the names `IDRiD_001`..., so `image_id` is `train-IDRiD_001` / `test-IDRiD_001`; images are "
-           "looked up in a folder whose name contains `train` / `test`. No patient ids (patient = image).",
+           "looked up inside the grading part (the folder above `2. Groundtruths`, i.e. `B. Disease Grading`) in a folder "
+           "whose name contains `train` / `test`, so the whole download (parts `A. Segmentation`, `B. Disease Grading`, "
+           "`C. Localization`, whose images reuse the same names) can be the root. No patient ids (patient = image).",
     mapping=MAPPING,
-    labelled_dirs=r"(^|/)[^/]*(training|testing) set/",
+    labelled_dirs=r"(^|/)B\. Disease Grading/(.*/)?[^/]*(training|testing) set/|^1\. Original Images/[^/]*(training|testing) set/",
+    options={"labels_file": Opt("path", "the training labels CSV (default: `*Training Labels.csv` under the root)"),
+             "test_labels_file": Opt("path", "the testing labels CSV (default: `*Testing Labels.csv`)")},
 )

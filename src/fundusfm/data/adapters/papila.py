@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from fundusfm.data.adapters.base import Adapter, Context, read_table, rows
+from fundusfm.data.adapters.base import Adapter, Context, Opt, read_table, rows
 from fundusfm.data.manifest import ManifestError
 
 DIAGNOSIS = {"0": ("healthy", {"glaucoma": 0, "glaucoma_suspect": 0}),
@@ -14,7 +14,14 @@ MAPPING = {f"Diagnosis={k} ({name})": labels for k, (name, labels) in DIAGNOSIS.
 
 
 def _header_row(path, dataset: str) -> int:
-    """Row index (0-based) holding ``ID`` and ``Diagnosis``: the sheet has a title / merged-header block above."""
+    """Row index (0-based) of the header holding ``Diagnosis``.
+
+    The real sheets (figshare PAPILA, ``ClinicalData/patient_data_od.xlsx``) have two header
+    rows: row 1 the column names (``Age``, ``Gender``, ``Diagnosis``, merged ``Refractive_Defect``
+    and ``IOP``) with the first cell empty, row 2 the sub-heads under the merged cells
+    (``dioptre_1``, ``Pneumatic``...), row 3 ``ID`` alone in the first cell; data from row 4.
+    Flat re-exports (``ID;Age;Gender;Diagnosis;...`` on one row) have it on row 1.
+    """
     import pandas as pd
 
     try:
@@ -24,10 +31,13 @@ def _header_row(path, dataset: str) -> int:
                                        "message": f"unreadable spreadsheet ({type(e).__name__}: {e})"}]) from e
     for i, row in head.iterrows():
         cells = {str(c).strip().lower() for c in row if isinstance(c, str)}
-        if "id" in cells and "diagnosis" in cells:
+        if "diagnosis" in cells:
             return int(i)
-    raise ManifestError(dataset, [{"file": str(path), "row": "1-8", "column": "ID/Diagnosis", "value": "",
-                                   "message": "no header row with 'ID' and 'Diagnosis' in the first 8 rows"}])
+    raise ManifestError(dataset, [{"file": str(path), "row": "1-8", "column": "Diagnosis", "value": "",
+                                   "message": "no header row with 'Diagnosis' in the first 8 rows"}])
+
+
+ID_RE = re.compile(r"#?\s*(\d+)(\.0)?")
 
 
 def read(ctx: Context):
@@ -36,17 +46,19 @@ def read(ctx: Context):
     for eye, key, tag in (("R", "od_file", "od"), ("L", "os_file", "os")):
         path = ctx.label_file(key, rf"(^|/)patient_data_{tag}\.xlsx$", f"PAPILA patient_data_{tag}.xlsx")
         df = read_table(path, ctx.name, header_row=_header_row(path, ctx.name))
-        id_col = next(c for c in df.columns if c.strip().lower() == "id")
         dx_col = next(c for c in df.columns if c.strip().lower() == "diagnosis")
+        # the ID column: headed `ID` (flat exports) or, in the real sheets, the unnamed first column
+        # whose `ID` sits alone in the cell below the sub-heads
+        id_col = next((c for c in df.columns if c.strip().lower() == "id"), df.columns[0])
+        started = False
         for r in df.to_dict("records"):
-            m = re.fullmatch(r"#?\s*(\d+)(\.0)?", r[id_col])
+            m = ID_RE.fullmatch(r[id_col])
             if not m:
-                if r[dx_col] == "" and r[id_col] == "":
-                    continue  # second header row (sub-headings under merged cells)
-                if not r[id_col] or not re.search(r"\d", r[id_col]):
-                    continue  # sub-heading row of the two-row header
+                if not started and not re.search(r"\d", r[id_col]):
+                    continue  # sub-head row and the `ID` row of the two-row header
                 ctx.report.error(path, r["_row"], id_col, r[id_col], "PAPILA ID must look like '#002'")
                 continue
+            started = True
             pid = f"{int(m[1]):03d}"
             dx = r[dx_col].split(".")[0] if re.fullmatch(r"\d+\.0", r[dx_col]) else r[dx_col]
             name, labels = DIAGNOSIS.get(dx, (None, None))
@@ -68,10 +80,14 @@ ADAPTER = Adapter(
     name="papila",
     read=read,
     summary="PAPILA: glaucoma / suspect / healthy per eye, with patient ids",
-    layout="`ClinicalData/patient_data_od.xlsx` and `patient_data_os.xlsx` (a title / merged-heading block above "
-           "the header: the header row is the first of the first 8 rows holding both `ID` and `Diagnosis`; sub-heading "
-           "rows without an ID are skipped), images `FundusImages/RET<ID>OD.jpg` / `RET<ID>OS.jpg`. `ID` `#002` -> "
-           "patient `002`; OD -> eye R, OS -> eye L. `healthy` means not glaucomatous, so `normal` stays unknown.",
+    layout="`ClinicalData/patient_data_od.xlsx` and `patient_data_os.xlsx` as on figshare: two header rows (row 1 "
+           "`Age`, `Gender`, `Diagnosis`, merged `Refractive_Defect` / `IOP`...; row 2 the sub-heads `dioptre_1`, "
+           "`Pneumatic`...), `ID` alone in the first cell of row 3, data from row 4 (`#002`, ...). The header is the "
+           "first row holding `Diagnosis`; the ID column is the one headed `ID`, else the first column; rows above the "
+           "first ID are skipped. Images `FundusImages/RET<ID>OD.jpg` / `RET<ID>OS.jpg`. `ID` `#002` -> patient `002` "
+           "(both eyes); OD -> eye R, OS -> eye L. `healthy` means not glaucomatous, so `normal` stays unknown.",
     mapping=MAPPING,
     labelled_dirs=r"(^|/)FundusImages/",
+    options={"od_file": Opt("path", "the right-eye sheet (default: `patient_data_od.xlsx` under the root)"),
+             "os_file": Opt("path", "the left-eye sheet (default: `patient_data_os.xlsx` under the root)")},
 )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fundusfm.data.adapters.base import Adapter, Context, find_column, int_or_raw, read_table, require_columns, rows
+from fundusfm.data.adapters.base import Adapter, Context, Opt, find_column, int_or_raw, read_table, require_columns, rows
 from fundusfm.data.adapters.folders import folder_records
 
 TRAIN_CLASSES = {"Glaucoma": {"glaucoma": 1}, "Non-Glaucoma": {"glaucoma": 0}}
@@ -46,5 +46,7 @@ ADAPTER = Adapter(
            "(`REFUGE-Test-GT/Glaucoma_label_and_Fovea_location.xlsx`: `ImgName`, `Label(Glaucoma=1)`). Mask / "
            "annotation folders (same stems, `.bmp`) are ignored. No patient ids.",
     mapping=MAPPING,
+    options={"val_labels_file": Opt("path", "the validation label spreadsheet (default: the xlsx under a `valid*` folder)"),
+             "test_labels_file": Opt("path", "the test label spreadsheet (default: the xlsx under a `test*` folder)")},
     labelled_dirs=r"^(?!.*(mask|annotation|-gt/|_gt/)).*(train|valid|test)[^/]*/",
 )

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from fundusfm.data.adapters.base import Adapter, Context, find_column, int_or_raw, read_table, require_columns, rows
+from fundusfm.data.adapters.base import Adapter, Context, Opt, find_column, int_or_raw, read_table, require_columns, rows
 
 DISEASES = ["DR", "ARMD", "MH", "DN", "MYA", "BRVO", "TSLN", "ERM", "LS", "MS", "CSR", "ODC", "CRVO", "TV", "AH",
             "ODP", "ODE", "ST", "AION", "PT", "RT", "RS", "CRS", "EDN", "RPEC", "MHL", "RP", "CWS", "CB", "ODPM",
-            "PRH", "MNF", "HR", "CRA", "TD", "CME", "PTCR", "CF", "VH", "MCA", "VS", "BRAO", "PLQ", "HPED", "CL"]
+            "PRH", "MNF", "HR", "CRAO", "TD", "CME", "PTCR", "CF", "VH", "MCA", "VS", "BRAO", "PLQ", "HPED", "CL"]
+# The 45 disease columns of the real label CSVs, in file order (header of RFMiD_Training_Labels.csv as
+# committed in github.com/MakMohanK/retinal-diseases; names per github.com/pth1993/Ophthalmology-Data RFMiD.md).
+# HR is *Hemorrhagic* Retinopathy, not hypertensive retinopathy, and CRAO (central retinal artery
+# occlusion) is spelt with the O: both feed `other`.
 # RFMiD column -> harmonised column; every other disease column feeds `other`
-DIRECT = {"ARMD": "amd", "MYA": "myopia", "BRVO": "brvo", "CRVO": "crvo", "HR": "hypertensive"}
+DIRECT = {"ARMD": "amd", "MYA": "myopia", "BRVO": "brvo", "CRVO": "crvo"}
 MAPPING = {
     "Disease_Risk=0/1": {"abnormal": "0/1"},
     "DR=0": {"dr_grade": 0}, "DR=1": {"dr_grade": None, "note": "DR present, grade not given"},
@@ -62,10 +66,13 @@ ADAPTER = Adapter(
     layout="`Training_Set/.../RFMiD_Training_Labels.csv` + `Training/<ID>.png`, "
            "`Evaluation_Set/.../RFMiD_Validation_Labels.csv` + `Validation/<ID>.png`, "
            "`Test_Set/.../RFMiD_Testing_Labels.csv` + `Test/<ID>.png`; columns `ID`, `Disease_Risk` and the 45 "
-           "disease columns. IDs restart at 1 in each set, so `image_id` is `train-1`, `val-1`, `test-1`; images "
+           "disease columns (`HR` is haemorrhagic retinopathy, `CRAO` central retinal artery occlusion: both feed `other`). IDs restart at 1 in each set, so `image_id` is `train-1`, `val-1`, `test-1`; images "
            "are looked up in a folder named like the set. `DR` has no grade: DR=0 gives `dr_grade` 0, DR=1 leaves the "
            "grade unknown (abnormal stays 1 through Disease_Risk). No patient ids.",
     mapping=MAPPING,
     exhaustive=True,
     labelled_dirs=r"(^|/)(Training|Validation|Test)/",
+    options={"labels_file": Opt("path", "the training labels CSV (default: the one `*Training_Labels.csv` under the root)"),
+             "val_labels_file": Opt("path", "the validation labels CSV (default: `*Validation_Labels.csv`)"),
+             "test_labels_file": Opt("path", "the test labels CSV (default: `*Testing_Labels.csv`)")},
 )
