@@ -151,7 +151,9 @@ def build_eyeq(root: Path) -> Path:
 # B: `2. Groundtruths/a. IDRiD_Disease Grading_Training Labels.csv` with columns `Image name`,
 # `Retinopathy grade`, `Risk of macular edema ` (trailing space: public loaders strip it, e.g. the
 # `load_grading_labels` excerpt `rename(columns=lambda x: x.strip())`), images `1. Original Images/
-# a. Training Set/IDRiD_001.jpg`. C reuses the grading images' names (issue 13).
+# a. Training Set/IDRiD_001.jpg`. C reuses the grading images' names: a public module notes that the
+# "B. Disease Grading" images are byte-identical to the "C. Localization" ones, and a dataset catalogue
+# lists both parts with 413 train / 103 test images (code search "C. Localization").
 IDRID_TRAIN = [("IDRiD_001", 3, 2), ("IDRiD_002", 0, 0), ("IDRiD_003", 2, 1), ("IDRiD_004", 4, 2)]
 IDRID_TEST = [("IDRiD_001", 4, 1), ("IDRiD_002", 0, 0)]
 
@@ -329,25 +331,30 @@ def build_jsiec(root: Path) -> Path:
     return root
 
 
-# Glaucoma Fundus (Harvard Dataverse doi:10.7910/DVN/1YRRAC; 3 classes normal / early / advanced, e.g.
-# Tieck-IT/Study paper/README.md): class folders normal_control / early_glaucoma / advanced_glaucoma (the
-# RETFound copy's anormal_control / bearly_glaucoma / cadvanced_glaucoma are these with sort letters).
-# File numbering restarts in each class folder (issue 13), so the same name appears in every folder.
+# Glaucoma Fundus (Harvard Dataverse doi:10.7910/DVN/1YRRAC, Kim et al.; 3 classes normal / early /
+# advanced, e.g. Tieck-IT/Study paper/README.md): class folders advanced_glaucoma/, early_glaucoma/,
+# normal_control/ with files 1.png, 2.png, ... in each (the openmedlab dataset card's file tree found
+# for "advanced_glaucoma", and loaders reading data/kim_eye/advanced_glaucoma/1.png): the numbering
+# restarts in each class folder, so the same name is in every folder. The RETFound copy's
+# anormal_control / bearly_glaucoma / cadvanced_glaucoma are these names with sort letters.
 GLAUCOMA_FUNDUS = {"normal_control": 3, "early_glaucoma": 2, "advanced_glaucoma": 1}
 
 
 def build_glaucoma_fundus(root: Path) -> Path:
     for folder, n in GLAUCOMA_FUNDUS.items():
         for k in range(n):
-            write_image(root / folder / f"{k + 1:03d}.png", f"gf-{folder}-{k}")
+            write_image(root / folder / f"{k + 1}.png", f"gf-{folder}-{k}")
     return root
 
 
-# REFUGE (refuge.grand-challenge.org): REFUGE-Training400/Training400/{Glaucoma,Non-Glaucoma}/g0001.jpg,
-# Validation400 images + GT xlsx, Test400 + GT xlsx; training folder names and g/n prefixes as a public
-# loader uses them (`adequate_25_refuge`: labels {"g": glaucoma, "n": no glaucoma} from the first letter).
-# The GT spreadsheets' column names (`ImgName`, `Glaucoma Label`, `Label(Glaucoma=1)`) could not be seen
-# in a public copy here: the adapter finds the label column by name (glaucoma/label) and says so.
+# REFUGE (refuge.grand-challenge.org): REFUGE-Training400/Training400/{Glaucoma,Non-Glaucoma}/g0001.jpg
+# (a public loader, `adequate_25_refuge`, labels by the g/n first letter), masks under
+# Annotation-Training400/Disc_Cup_Masks; validation images REFUGE-Validation400/REFUGE-Validation400/
+# with REFUGE-Validation400-GT/Fovea_locations.xlsx and Disc_Cup_Masks/*.bmp; test images Test400/ with
+# REFUGE-Test-GT/Glaucoma_label_and_Fovea_location.xlsx, columns ID, ImgName, Fovea_X, Fovea_Y,
+# Label(Glaucoma=1) (public loaders found for "Glaucoma_label_and_Fovea_location": openpyxl reads
+# column 2 = file name, 4/5 = fovea; pandas reads row["ImgName"], "Label(Glaucoma=1)"; another reads a
+# validation sheet's "Glaucoma Label"). Both label-column spellings are kept here.
 def build_refuge(root: Path) -> Path:
     tr = root / "REFUGE-Training400" / "Training400"
     for name in ("g0001", "g0002"):
@@ -356,7 +363,7 @@ def build_refuge(root: Path) -> Path:
         write_image(tr / "Non-Glaucoma" / f"{name}.jpg", f"refuge-{name}")
     write_image(root / "Annotation-Training400" / "Disc_Cup_Masks" / "Glaucoma" / "g0001.bmp", "mask")
     for name in ("V0001", "V0002"):
-        write_image(root / "REFUGE-Validation400" / f"{name}.jpg", f"refuge-{name}")
+        write_image(root / "REFUGE-Validation400" / "REFUGE-Validation400" / f"{name}.jpg", f"refuge-{name}")
     write_image(root / "REFUGE-Validation400-GT" / "Disc_Cup_Masks" / "V0001.bmp", "mask")
     write_xlsx(root / "REFUGE-Validation400-GT" / "Fovea_locations.xlsx",
                [["ID", "ImgName", "Fovea_X", "Fovea_Y", "Glaucoma Label"], [1, "V0001.jpg", 1057.9, 1076.6, 1],

@@ -265,8 +265,8 @@ def test_glaucoma_fundus_numbering_restarts_per_class_folder(tmp_path):
     df, report = ingest("glaucoma_fundus", tmp_path)
     assert len(df) == sum(fx.GLAUCOMA_FUNDUS.values()) and df["image_id"].is_unique
     d = by_id(df)
-    assert d.loc["normal_control__001", "glaucoma"] == 0 and d.loc["early_glaucoma__001", "glaucoma"] == 1
-    assert d.loc["advanced_glaucoma__001", "source_label"] == "advanced_glaucoma"
+    assert d.loc["normal_control__1", "glaucoma"] == 0 and d.loc["early_glaucoma__1", "glaucoma"] == 1
+    assert d.loc["advanced_glaucoma__1", "source_label"] == "advanced_glaucoma"
     assert any("repeat" in w for w in report["warnings"])
 
 
@@ -276,7 +276,8 @@ def test_refuge_folders_and_spreadsheets(tmp_path):
     assert df["split"].value_counts().to_dict() == {"train": 5, "val": 2, "test": 2}
     assert d.loc["g0001", "glaucoma"] == 1 and d.loc["n0003", "glaucoma"] == 0
     assert d.loc["V0001", "glaucoma"] == 1 and d.loc["T0002", "glaucoma"] == 1 and d.loc["T0001", "glaucoma"] == 0
-    assert d.loc["V0001", "path"] == "REFUGE-Validation400/V0001.jpg"  # not the mask with the same name
+    # not the mask with the same name
+    assert d.loc["V0001", "path"] == "REFUGE-Validation400/REFUGE-Validation400/V0001.jpg"
     assert report["unlabelled_images"] == []
 
 

@@ -54,21 +54,21 @@ def test_eyeq_reuse_of_eyepacs_is_caught_with_ids(tmp_path):
 
 def test_near_duplicate_after_reencoding_and_within_set_duplicates(tmp_path):
     qc_a = fake_preprocess("aptos2019", tmp_path)
-    qc_g = fake_preprocess("glaucoma_fundus", tmp_path, reject=("normal_control__003",))
+    qc_g = fake_preprocess("glaucoma_fundus", tmp_path, reject=("normal_control__3",))
     pre = qc_g.parent
     # plant: an APTOS image re-encoded as a lossy JPEG-through-PNG copy in glaucoma_fundus
     src = Image.open(qc_a.parent / "images" / "0083ee8054ee.png")
     src.save(tmp_path / "tmp.jpg", quality=40)
-    Image.open(tmp_path / "tmp.jpg").save(pre / "images" / "normal_control__002.png")
+    Image.open(tmp_path / "tmp.jpg").save(pre / "images" / "normal_control__2.png")
     # plant: an exact copy inside the evaluation side
-    Image.open(pre / "images" / "advanced_glaucoma__001.png").save(pre / "images" / "early_glaucoma__002.png")
+    Image.open(pre / "images" / "advanced_glaucoma__1.png").save(pre / "images" / "early_glaucoma__2.png")
     hashes = pd.concat([hash_qc_table("aptos2019", qc_a), hash_qc_table("glaucoma_fundus", qc_g)])
     assert len(hashes) == len(fx.APTOS_TRAIN) + 5  # the rejected image is not hashed
     pairs = find_overlaps(hashes, ["aptos2019"], ["glaucoma_fundus"], threshold=4)
     cross = pairs[pairs["kind"] == "cross"]
-    assert cross[["image_id_a", "image_id_b"]].values.tolist() == [["0083ee8054ee", "normal_control__002"]]
+    assert cross[["image_id_a", "image_id_b"]].values.tolist() == [["0083ee8054ee", "normal_control__2"]]
     within = pairs[pairs["kind"] == "within_evaluation"]
-    assert within[["image_id_a", "image_id_b"]].values.tolist() == [["advanced_glaucoma__001", "early_glaucoma__002"]]
+    assert within[["image_id_a", "image_id_b"]].values.tolist() == [["advanced_glaucoma__1", "early_glaucoma__2"]]
 
 
 def test_overlap_cli_writes_pairs_and_exclusions(tmp_path):
