@@ -111,8 +111,9 @@ def build_aptos2019(root: Path) -> Path:
 # EyePACS (Kaggle diabetic-retinopathy-detection): trainLabels.csv `image,level`, train/<image>.jpeg,
 # `<patient>_left/_right`. Source: the Messidor-2 investigation note found for "messidor-2.csv"
 # ("trainLabels.csv ... image,level — EyePACS competition labels") and HzFu/EyeQ
-# data/Label_EyeQ_train.csv (image names 10009_left.jpeg). retinopathy_solution.csv `image,level,Usage`:
-# from the competition's data page as listed in the project's source notes (not seen in a public copy).
+# data/Label_EyeQ_train.csv (image names 10009_left.jpeg). retinopathy_solution.csv `image,level,Usage`
+# with Usage Public / Private: public loaders found for "retinopathy_solution.csv" (one splits
+# `val_test_df.Usage == "Public"` / `"Private"`, another drops the "Usage" column).
 EYEPACS_TRAIN = [("10_left", 0), ("10_right", 0), ("13_left", 0), ("13_right", 2), ("15_left", 1), ("15_right", 4)]
 EYEPACS_TEST = [("1_left", 0, "Private"), ("1_right", 0, "Private"), ("3_left", 2, "Public"), ("3_right", 1, "Public")]
 

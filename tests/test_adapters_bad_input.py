@@ -243,3 +243,20 @@ def test_nan_in_a_user_manifest_label_column(tmp_path):
         validate_manifest(df, "mine", tmp_path)
     (p,) = e.value.problems
     assert (p["row"], p["column"], p["value"]) == (2, "glaucoma", "inf")
+
+
+@pytest.mark.slow
+def test_snakemake_dry_run_refuses_bad_adapter_option_types(tmp_path):
+    """`snakemake -n` stops at the config check, naming each bad key, before planning any job."""
+    from workflow_helpers import copy_workflow, run_snakemake, tiny_config
+
+    cfg = tiny_config()
+    cfg["datasets"]["clinic"] = {"adapter": "aptos2019", "root": "data/clinic", "exhaustive": "no"}
+    cfg["datasets"]["export"] = {"adapter": "csv", "root": "data/export", "labels_file": "x.csv",
+                                 "image_col": "File", "label_map": "grade"}
+    wd = copy_workflow(tmp_path / "wd", cfg)
+    p = run_snakemake(wd, "-n", "--cores", "1", check=False, timeout=300)
+    out = p.stdout + p.stderr
+    assert p.returncode != 0
+    assert "datasets.clinic.exhaustive" in out and "datasets.export.label_map" in out
+    assert "Job stats" not in out
