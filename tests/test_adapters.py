@@ -381,3 +381,13 @@ def test_docs_datasets_md_matches_the_mapping_tables():
     text = (Path(__file__).parents[1] / "docs" / "datasets.md").read_text()
     block = text[text.index(BEGIN) + len(BEGIN) + 1:text.index(END)]
     assert block == render_markdown(), "run: python -m fundusfm.data.adapters.docs --write docs/datasets.md"
+
+
+def test_refuge_spreadsheet_without_a_glaucoma_column_leaves_that_split_unlabelled(tmp_path):
+    cfg = fx.build("refuge", tmp_path / "r")
+    fx.write_xlsx(tmp_path / "r" / "REFUGE-Validation400-GT" / "Fovea_locations.xlsx",
+                  [["ID", "ImgName", "Fovea_X", "Fovea_Y"], [1, "V0001.jpg", 1057.9, 1076.6], [2, "V0002.jpg", 1010.2, 1040.1]])
+    df, report = read_dataset("refuge", cfg)
+    assert "val" not in set(df["split"]) and any("no glaucoma label column" in w for w in report["warnings"])
+    assert set(report["unlabelled_images"]) == {"REFUGE-Validation400/REFUGE-Validation400/V0001.jpg",
+                                                "REFUGE-Validation400/REFUGE-Validation400/V0002.jpg"}

@@ -23,7 +23,12 @@ def read(ctx: Context):
         df = read_table(path, ctx.name)
         name_col = find_column(df, "ImgName", "Image Name", "Image", "Filename")
         label_col = next((c for c in df.columns if "glaucoma" in c.lower() or c.lower().startswith("label")), None)
-        require_columns(df, [name_col or "ImgName", label_col or "Glaucoma Label"], path, ctx.name)
+        require_columns(df, [name_col or "ImgName"], path, ctx.name)
+        if label_col is None:
+            # a fovea-only sheet (some releases of the validation GT): the images stay unlabelled, reported
+            ctx.report.warnings.append(f"{path}: no glaucoma label column (has {[c for c in df.columns if not c.startswith('_')]}); "
+                                       f"REFUGE {split} images not labelled")
+            continue
         for r in df.to_dict("records"):
             name = r[name_col]
             records.append({
@@ -40,11 +45,13 @@ ADAPTER = Adapter(
     read=read,
     summary="REFUGE challenge: glaucoma 0/1 with official train/val/test",
     layout="Training: `REFUGE-Training400/Training400/Glaucoma/g0001.jpg` and `Non-Glaucoma/n0001.jpg` (folders under a "
-           "path containing `train`). Validation: images `REFUGE-Validation400/V0001.jpg`, labels in an xlsx under a "
-           "folder whose name contains `valid` (`REFUGE-Validation400-GT/Fovea_locations.xlsx`: `ImgName`, "
-           "`Glaucoma Label`). Test: `REFUGE-Test400/T0001.jpg`, labels in an xlsx under a `test` folder "
-           "(`REFUGE-Test-GT/Glaucoma_label_and_Fovea_location.xlsx`: `ImgName`, `Label(Glaucoma=1)`). Mask / "
-           "annotation folders (same stems, `.bmp`) are ignored. No patient ids.",
+           "path containing `train`). Validation: images `REFUGE-Validation400/REFUGE-Validation400/V0001.jpg` (any "
+           "depth), labels in an xlsx under a folder whose name contains `valid` (`REFUGE-Validation400-GT/"
+           "Fovea_locations.xlsx`: `ImgName` and a column named like `Glaucoma Label` / `Label(Glaucoma=1)`; a sheet "
+           "without one leaves the split unlabelled, with a warning). Test: `Test400/T0001.jpg`, labels in an xlsx "
+           "under a `test` folder (`REFUGE-Test-GT/Glaucoma_label_and_Fovea_location.xlsx`: `ID`, `ImgName`, "
+           "`Fovea_X`, `Fovea_Y`, `Label(Glaucoma=1)`). Mask / annotation folders (same stems, `.bmp`) are ignored. "
+           "No patient ids.",
     mapping=MAPPING,
     options={"val_labels_file": Opt("path", "the validation label spreadsheet (default: the xlsx under a `valid*` folder)"),
              "test_labels_file": Opt("path", "the test label spreadsheet (default: the xlsx under a `test*` folder)")},
