@@ -241,6 +241,41 @@ ODIR = [  # ID, age, sex, left keywords, right keywords, N D G C A H M O
      [0, 0, 0, 0, 0, 0, 0, 1]),
     (11, 58, "Male", "vascular loops，old choroiditis", "retinal pigment epithelium atrophy", [0, 0, 0, 0, 0, 0, 0, 1]),
 ]
+# The diagnostic keywords of the real ODIR-5K annotation file, as a public ODIR loader tabulates them
+# (keyword -> N/D/G/C/A/H/M/O, found by the code search for "suspected moderate non proliferative
+# retinopathy"; spellings kept, including 'abnormal pigment ' with its trailing space, the double space
+# in 'suspected abnormal color of  optic disc' and the ASCII-comma pair 'low image quality,maculopathy').
+ODIR_REAL_KEYWORDS = [
+    "abnormal pigment ", "age-related macular degeneration", "anterior segment image", "arteriosclerosis",
+    "asteroid hyalosis", "atrophic change", "atrophy", "branch retinal artery occlusion", "branch retinal vein occlusion",
+    "cataract", "central retinal artery occlusion", "central retinal vein occlusion", "central serous chorioretinopathy",
+    "chorioretinal atrophy", "chorioretinal atrophy with pigmentation proliferation", "choroidal nevus",
+    "congenital choroidal coloboma", "depigmentation of the retinal pigment epithelium", "diabetic retinopathy",
+    "diffuse chorioretinal atrophy", "diffuse retinal atrophy", "drusen", "dry age-related macular degeneration",
+    "epiretinal membrane", "epiretinal membrane over the macula", "fundus laser photocoagulation spots", "glaucoma",
+    "glial remnants anterior to the optic disc", "hypertensive retinopathy",
+    "hypertensive retinopathy,diabetic retinopathy", "idiopathic choroidal neovascularization", "image offset",
+    "intraretinal hemorrhage", "intraretinal microvascular abnormality", "laser spot", "lens dust", "low image quality",
+    "low image quality,maculopathy", "macular coloboma", "macular epiretinal membrane", "macular hole",
+    "macular pigmentation disorder", "maculopathy", "mild nonproliferative retinopathy",
+    "moderate non proliferative retinopathy", "morning glory syndrome", "myelinated nerve fibers", "myopia retinopathy",
+    "myopic maculopathy", "myopic retinopathy", "no fundus image", "normal fundus", "old branch retinal vein occlusion",
+    "old central retinal vein occlusion", "old chorioretinopathy", "old choroiditis", "optic disc edema", "optic discitis",
+    "optic disk epiretinal membrane", "optic disk photographically invisible", "optic nerve atrophy",
+    "oval yellow-white atrophy", "pathological myopia", "peripapillary atrophy", "pigment epithelium proliferation",
+    "pigmentation disorder", "post laser photocoagulation", "post retinal laser surgery",
+    "proliferative diabetic retinopathy", "punctate inner choroidopathy", "refractive media opacity", "retina fold",
+    "retinal artery macroaneurysm", "retinal detachment", "retinal pigment epithelial hypertrophy",
+    "retinal pigment epithelium atrophy", "retinal pigmentation", "retinal vascular sheathing", "retinitis pigmentosa",
+    "retinochoroidal coloboma", "rhegmatogenous retinal detachment", "severe nonproliferative retinopathy",
+    "severe proliferative diabetic retinopathy", "silicone oil eye", "spotted membranous change",
+    "suspected abnormal color of  optic disc", "suspected cataract", "suspected diabetic retinopathy",
+    "suspected glaucoma", "suspected macular epimacular membrane", "suspected microvascular anomalies",
+    "suspected moderate non proliferative retinopathy", "suspected retinal vascular sheathing",
+    "suspected retinitis pigmentosa", "suspicious diabetic retinopathy", "tessellated fundus", "vascular loops",
+    "vessel tortuosity", "vitreous degeneration", "vitreous opacity", "wedge white line change", "wedge-shaped change",
+    "wet age-related macular degeneration", "white vessel",
+]
 ODIR_HEADER = ["ID", "Patient Age", "Patient Sex", "Left-Fundus", "Right-Fundus", "Left-Diagnostic Keywords",
                "Right-Diagnostic Keywords", "N", "D", "G", "C", "A", "H", "M", "O"]
 

@@ -391,3 +391,10 @@ def test_refuge_spreadsheet_without_a_glaucoma_column_leaves_that_split_unlabell
     assert "val" not in set(df["split"]) and any("no glaucoma label column" in w for w in report["warnings"])
     assert set(report["unlabelled_images"]) == {"REFUGE-Validation400/REFUGE-Validation400/V0001.jpg",
                                                 "REFUGE-Validation400/REFUGE-Validation400/V0002.jpg"}
+
+
+def test_odir_table_covers_every_keyword_of_the_real_annotation_file():
+    from fundusfm.data.adapters.odir import KEYWORDS, split_keywords
+
+    missing = sorted({k for text in fx.ODIR_REAL_KEYWORDS for k in split_keywords(text) if k not in KEYWORDS})
+    assert missing == []
