@@ -69,8 +69,8 @@ def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
     return path
 
 
-def write_xlsx(path: Path, rows: list[list]) -> Path:
-    """Rows written cell by cell (so headers can be as messy as the real files)."""
+def write_xlsx(path: Path, rows: list[list], merges: tuple[str, ...] = ()) -> Path:
+    """Rows written cell by cell (so headers can be as messy as the real files); ``merges``: ranges like "E1:G1"."""
     from openpyxl import Workbook
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -78,6 +78,8 @@ def write_xlsx(path: Path, rows: list[list]) -> Path:
     ws = wb.active
     for r in rows:
         ws.append(r)
+    for rng in merges:
+        ws.merge_cells(rng)
     wb.save(path)
     return path
 
@@ -345,7 +347,8 @@ def build_papila(root: Path) -> Path:
         for pid, dx in entries:
             rows_.append([pid, 60, 0, dx, -1.5, -1.25, 90, 0, 14, None, 550, 23.4, -1.2])
             write_image(root / "FundusImages" / f"RET{pid[1:]}{tag.upper()}.jpg", f"papila-{pid}{tag}")
-        write_xlsx(root / "ClinicalData" / f"patient_data_{tag}.xlsx", rows_)
+        # Refractive_Defect over the three refraction sub-heads, IOP over Pneumatic / Perkins: merged cells
+        write_xlsx(root / "ClinicalData" / f"patient_data_{tag}.xlsx", rows_, merges=("E1:G1", "I1:J1"))
     # segmentation images that are not photographs (must not be reported as unlabelled)
     write_image(root / "ExpertsSegmentations" / "ImagesWithContours" / "RET002OD.jpg", "papila-contour")
     return root

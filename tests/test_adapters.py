@@ -84,7 +84,7 @@ def test_messidor_adcis_pairs_file_is_semicolon_separated_and_groups_both_eyes(t
     assert d.loc["IM000012", "path"] == "IMAGES/IM000012.JPG" and d.loc["IM000012", "dr_grade"] == 2
     assert pd.isna(d.loc["IM000013", "dr_grade"]) and d.loc["IM000013", "quality"] == "reject"
     assert d.loc["IM000014", "dme"] == 1
-    assert not any("pairs file" in w for w in report["warnings"])
+    assert not any("pairs file" in w for w in report["warnings"]) and report["patient_ids_from_dataset"] is True
 
 
 def test_messidor_kaggle_copy_id_code_diagnosis_and_preprocess_folder(tmp_path):
@@ -94,6 +94,7 @@ def test_messidor_kaggle_copy_id_code_diagnosis_and_preprocess_folder(tmp_path):
     assert d.loc["IM000012", "path"] == "messidor-2/messidor-2/preprocess/IM000012.JPG"
     assert d.loc["IM000012", "dr_grade"] == 2 and d.loc["20051020_43832_0100_PP", "dr_grade"] == 1
     assert any("pairs file" in w for w in report["warnings"])  # patient = image, and it says so
+    assert report["patient_ids_from_dataset"] is False
     # the ADCIS exam list dropped in next to it groups the eyes again
     cfg = fx.build("messidor2_kaggle", tmp_path / "again")
     (tmp_path / "again" / "messidor-2.csv").write_text("left;right \nIM000012.JPG;IM000013.JPG\n")

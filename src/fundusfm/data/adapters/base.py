@@ -175,6 +175,9 @@ class Report:
         if manifest is not None:
             out["n_images"] = int(len(manifest))
             out["n_patients"] = int(manifest["patient_id"].nunique()) if "patient_id" in manifest else None
+            # False: the dataset gives no patient ids, so patient = image (splits and CIs are image-level)
+            out["patient_ids_from_dataset"] = bool("patient_id" in manifest and len(manifest)
+                                                   and (manifest["patient_id"] != manifest["image_id"]).any())
             out["splits"] = {str(k) or "(none)": int(v) for k, v in manifest["split"].value_counts().items()} if "split" in manifest else {}
             labels = {}
             from fundusfm.data.vocab import LABELS
