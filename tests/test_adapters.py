@@ -127,6 +127,12 @@ def test_odir_full_df_csv_alone_is_read_one_row_per_patient(tmp_path):
     df, _ = read_dataset("odir5k", {"adapter": "odir5k", "root": str(root)})
     assert len(df) == 2 * len(fx.ODIR) and by_id(df).loc["2_left", "path"] == "preprocessed_images/2_left.jpg"
     assert by_id(df).loc["2_left", "dr_grade"] == 2
+    # full_df.csv lists only the images it kept: an eye it leaves out is not asked for
+    full = pd.read_csv(root / "full_df.csv", dtype=str)
+    full[full["filename"] != "4_right.jpg"].to_csv(root / "full_df.csv", index=False)
+    (root / "preprocessed_images" / "4_right.jpg").unlink()
+    df, _ = read_dataset("odir5k", {"adapter": "odir5k", "root": str(root), "labels_file": "full_df.csv"})
+    assert len(df) == 2 * len(fx.ODIR) - 1 and "4_left" in set(df["image_id"])
 
 
 def test_odir_per_eye_labels_from_keywords(tmp_path):

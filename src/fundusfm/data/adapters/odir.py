@@ -153,7 +153,7 @@ def _label_file(ctx: Context):
     sheet = ctx.label_file("labels_file", r"(^|/)(data|ODIR-5K_Training_Annotations[^/]*)\.xlsx?$",
                            "ODIR annotation spreadsheet", required=False)
     if sheet is not None:
-        return sheet, "xlsx"
+        return sheet, ("full_df" if sheet.suffix.lower() == ".csv" else "xlsx")
     return ctx.label_file("labels_file", r"(^|/)full_df\.csv$", "ODIR annotation spreadsheet (data.xlsx) or "
                           "the Kaggle full_df.csv"), "full_df"
 
@@ -165,8 +165,12 @@ def read(ctx: Context):
     cols = {k: find_column(df, k) for k in ["ID", "Left-Fundus", "Right-Fundus", "Left-Diagnostic Keywords",
                                               "Right-Diagnostic Keywords"]}
     require_columns(df, [v or k for k, v in cols.items()], path, ctx.name)
+    listed = None
     if kind == "full_df":
-        # the Kaggle full_df.csv repeats a patient's row once per image: one row per patient here
+        # the Kaggle full_df.csv has one row per image (a patient's row repeated, some eyes left out):
+        # one row per patient here, and only the eyes it lists
+        fcol = find_column(df, "filename")
+        listed = set(df[fcol]) if fcol else None
         df = df.drop_duplicates(subset=[cols["ID"]], keep="first")
     # The Kaggle download holds the same file names in ODIR-5K/ODIR-5K/Training Images/ and in
     # preprocessed_images/: look in "Training Images" first (the originals), elsewhere only when unique.
@@ -179,6 +183,8 @@ def read(ctx: Context):
         letters: set[str] = set()
         for side, eye in (("Left", "L"), ("Right", "R")):
             fname = r[cols[f"{side}-Fundus"]]
+            if listed is not None and fname not in listed:
+                continue
             kcol = cols[f"{side}-Diagnostic Keywords"]
             labels, eye_letters = eye_labels(split_keywords(r[kcol]), ctx.report, path, r["_row"], kcol)
             letters |= eye_letters
@@ -210,7 +216,7 @@ ADAPTER = Adapter(
            "is read from its own root as unpacked: `ODIR-5K/ODIR-5K/{data.xlsx, Training Images/, Testing Images/}` beside "
            "`preprocessed_images/` (the same file names, resized) and `full_df.csv`; images are taken from "
            "`Training Images/` (elsewhere only when the name is unique; `images_dir:` picks a folder, e.g. "
-           "`preprocessed_images`). With only `full_df.csv` (one row per image) it is read instead, one row per patient, "
+           "`preprocessed_images`). With only `full_df.csv` (one row per image) it is read instead, only the eyes it lists, "
            "images from `preprocessed_images/`. Keywords are separated by the full-width comma `，` (or `,`). The "
            "patient-level flags cover both eyes, so labels come from each eye's keywords: a disease not mentioned is 0 "
            "(ODIR lists every finding); `suspected ...` leaves that disease unknown; an eye with only quality remarks "
