@@ -118,6 +118,17 @@ def test_paper_tasks_find_their_labels_in_every_dataset(paper_fixture):
             assert set(dev.iloc[:, 0].dropna().astype(int)) == {0, 1}, tname
 
 
+def test_paper_entries_for_rfmid_and_odir_ingest_their_real_layouts(tmp_path):
+    """config/paper.yaml's own entries (adapter + options, root moved) on the real download layouts:
+    RFMiD's CSVs with the CRAO column, ODIR-5K's Kaggle download with its duplicate image folders."""
+    cfg = raw(PAPER)
+    for name, build in (("rfmid", fx.build_rfmid), ("odir5k", fx.build_odir5k)):
+        entry = {**cfg["datasets"][name], "root": str(build(tmp_path / name))}
+        df, report = read_dataset(name, entry)
+        assert len(df) > 0 and report["unmapped"] == [], name
+    assert "Training Images" in df["path"].iloc[0]
+
+
 def test_paper_upstream_has_normal_and_abnormal_only_because_grade_0_counts_as_normal(paper_fixture):
     mans = manifests(paper_fixture)
     union = pd.concat([mans[d] for d in paper_fixture["pretrain"]["datasets"]])
