@@ -405,3 +405,20 @@ def test_odir_table_covers_every_keyword_of_the_real_annotation_file():
 
     missing = sorted({k for text in fx.ODIR_REAL_KEYWORDS for k in split_keywords(text) if k not in KEYWORDS})
     assert missing == []
+
+
+def test_papila_bad_id_with_a_diagnosis_is_an_error_a_note_row_a_warning(tmp_path):
+    from openpyxl import load_workbook
+
+    cfg = fx.build("papila", tmp_path / "p")
+    xlsx = tmp_path / "p" / "ClinicalData" / "patient_data_od.xlsx"
+    wb = load_workbook(xlsx)
+    wb.active.append(["Diagnosis: 0 healthy, 1 glaucoma, 2 suspect"])
+    wb.save(xlsx)
+    df, report = read_dataset("papila", cfg)
+    assert len(df) == 8 and any("not a patient row" in w for w in report["warnings"])
+    wb.active["A4"] = "patient two"
+    wb.save(xlsx)
+    with pytest.raises(ManifestError) as e:
+        read_dataset("papila", cfg)
+    assert [(p["row"], p["value"]) for p in e.value.problems] == [(4, "patient two")]

@@ -54,8 +54,11 @@ def read(ctx: Context):
         for r in df.to_dict("records"):
             m = ID_RE.fullmatch(r[id_col])
             if not m:
-                if not started and not re.search(r"\d", r[id_col]):
-                    continue  # sub-head row and the `ID` row of the two-row header
+                if r[dx_col] == "":
+                    # no diagnosis either: the sub-head / `ID` rows of the header, or a note below the data
+                    if started:
+                        ctx.report.warnings.append(f"{path} row {r['_row']}: not a patient row ({r[id_col]!r}); skipped")
+                    continue
                 ctx.report.error(path, r["_row"], id_col, r[id_col], "PAPILA ID must look like '#002'")
                 continue
             started = True
@@ -83,8 +86,9 @@ ADAPTER = Adapter(
     layout="`ClinicalData/patient_data_od.xlsx` and `patient_data_os.xlsx` as on figshare: two header rows (row 1 "
            "`Age`, `Gender`, `Diagnosis`, merged `Refractive_Defect` / `IOP`...; row 2 the sub-heads `dioptre_1`, "
            "`Pneumatic`...), `ID` alone in the first cell of row 3, data from row 4 (`#002`, ...). The header is the "
-           "first row holding `Diagnosis`; the ID column is the one headed `ID`, else the first column; rows above the "
-           "first ID are skipped. Images `FundusImages/RET<ID>OD.jpg` / `RET<ID>OS.jpg`. `ID` `#002` -> patient `002` "
+           "first row holding `Diagnosis`; the ID column is the one headed `ID`, else the first column; rows with neither "
+           "an ID nor a diagnosis (the header's sub-rows, notes) are skipped, an unreadable ID next to a diagnosis is an "
+           "error. Images `FundusImages/RET<ID>OD.jpg` / `RET<ID>OS.jpg`. `ID` `#002` -> patient `002` "
            "(both eyes); OD -> eye R, OS -> eye L. `healthy` means not glaucomatous, so `normal` stays unknown.",
     mapping=MAPPING,
     labelled_dirs=r"(^|/)FundusImages/",
