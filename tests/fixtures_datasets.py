@@ -356,17 +356,22 @@ def build_papila(root: Path) -> Path:
 
 # JSIEC (zenodo 3477553 / Kaggle linchundan/fundusimage1000): one folder per class, the 39 names as
 # RETFound-style loaders list them ('0.0.Normal', '1.0.DR2', '10.0.Possible glaucoma', ...: the
-# RETFoundDataset JSIEC list found for "bsuspectglaucoma"), under 1000images/ in the Kaggle copy.
+# RETFoundDataset JSIEC list found for "bsuspectglaucoma"), under 1000images/ in the Kaggle copy
+# (a loader's `linchundan/fundusimage1000/versions/4/1000images/0.0.Normal`), which also holds a nested
+# `1000images/` folder that loader skips (`p.name != "1000images"`) and another reads as the tree
+# (`1000Fundus/1000images/1000images`): `nested_copy=True` plants that second copy.
 JSIEC = {"0.0.Normal": 2, "1.0.DR2": 1, "1.1.DR3": 1, "2.0.BRVO": 1, "9.Pathological myopia": 1,
          "10.0.Possible glaucoma": 1, "0.1.Tessellated fundus": 1, "27.Laser Spots": 1}
 
 
-def build_jsiec(root: Path) -> Path:
+def build_jsiec(root: Path, nested_copy: bool = False) -> Path:
     k = 0
     for folder, n in JSIEC.items():
         for _ in range(n):
             k += 1
             write_image(root / "1000images" / folder / f"{k:04d}.jpg", f"jsiec-{k}")
+            if nested_copy:
+                write_image(root / "1000images" / "1000images" / folder / f"{k:04d}.jpg", f"jsiec-{k}")
     return root
 
 

@@ -422,3 +422,13 @@ def test_papila_bad_id_with_a_diagnosis_is_an_error_a_note_row_a_warning(tmp_pat
     with pytest.raises(ManifestError) as e:
         read_dataset("papila", cfg)
     assert [(p["row"], p["value"]) for p in e.value.problems] == [(4, "patient two")]
+
+
+def test_jsiec_nested_second_copy_of_the_kaggle_tree_is_not_read_twice(tmp_path):
+    root = fx.build_jsiec(tmp_path / "j", nested_copy=True)
+    df, report = read_dataset("jsiec", {"adapter": "jsiec", "root": str(root)})
+    assert len(df) == sum(fx.JSIEC.values()) and df["image_id"].is_unique
+    assert (~df["path"].str.startswith("1000images/1000images/")).all()
+    assert len(report["excluded"]) == sum(fx.JSIEC.values())
+    assert all(x["reason"].startswith("identical copy of 1000images/") for x in report["excluded"])
+    assert set(df["image_id"]) == {f"{k:04d}" for k in range(1, len(df) + 1)}  # plain stems again

@@ -17,10 +17,46 @@ def norm_class(name: str) -> str:
     return re.sub(r"[\s_\-]+", "", str(name)).lower()
 
 
-def folder_records(ctx: Context, class_map: dict, split_layout: bool, split: str = "", under: str | None = None) -> list[dict]:
+def _drop_identical_copies(ctx: Context, records: list[dict]) -> list[dict]:
+    """Keep one of several byte-identical files with the same class folder and name (the shallowest).
+
+    Some downloads nest a second copy of the whole tree (Kaggle JSIEC: ``1000images/1000images/``);
+    read twice, every photograph would count twice in an external evaluation. The copies left
+    out are listed in the report's ``excluded`` with the path they duplicate.
+    """
+    import hashlib
+
+    def digest(rel: str) -> str:
+        return hashlib.sha256((ctx.root / rel).read_bytes()).hexdigest()
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["source_label"], r["path"].rsplit("/", 1)[-1]), []).append(r)
+    drop: set[str] = set()
+    for group in groups.values():
+        if len(group) < 2:
+            continue
+        group = sorted(group, key=lambda r: (r["path"].count("/"), r["path"]))
+        kept = group[0]
+        for other in group[1:]:
+            if (ctx.root / other["path"]).stat().st_size == (ctx.root / kept["path"]).stat().st_size \
+                    and digest(other["path"]) == digest(kept["path"]):
+                drop.add(other["path"])
+                ctx.report.excluded.append({"image_id": other["image_id"], "path": other["path"],
+                                            "reason": f"identical copy of {kept['path']}", "file": other["_file"],
+                                            "row": other["_row"]})
+    if drop:
+        ctx.report.warnings.append(f"{len(drop)} byte-identical copies of images (a nested copy of the tree?) "
+                                   "left out; listed in `excluded`")
+    return [r for r in records if r["path"] not in drop]
+
+
+def folder_records(ctx: Context, class_map: dict, split_layout: bool, split: str = "", under: str | None = None,
+                   drop_copies: bool = False) -> list[dict]:
     """One record per photograph, labelled by its parent folder through ``class_map``.
 
     Folders missing from ``class_map`` are reported as unmapped labels (images kept, labels unknown).
+    ``drop_copies``: leave out byte-identical copies of an image in the same class folder name.
     """
     cmap = {norm_class(k): (k, v) for k, v in class_map.items()}
     out = []
@@ -49,6 +85,8 @@ def folder_records(ctx: Context, class_map: dict, split_layout: bool, split: str
         out.append({"image_id": parts[-1].rsplit(".", 1)[0], "path": rel, "patient_id": "", "eye": "U",
                     "split": this_split, **labels, "source_label": folder, "_file": str(ctx.root / "/".join(parts[:-1])),
                     "_row": parts[-1]})
+    if drop_copies:
+        out = _drop_identical_copies(ctx, out)
     stems = [r["image_id"] for r in out]
     if len(set(stems)) < len(stems):
         # the same file name in several folders (e.g. train/a/1.jpg and val/a/1.jpg): ids from the whole path
@@ -103,7 +141,7 @@ JSIEC_CLASSES: dict[str, dict] = {
 
 
 def read_jsiec(ctx: Context):
-    records = folder_records(ctx, ctx.option("class_map", JSIEC_CLASSES), split_layout=False)
+    records = folder_records(ctx, ctx.option("class_map", JSIEC_CLASSES), split_layout=False, drop_copies=True)
     return rows(records)
 
 
@@ -195,7 +233,9 @@ JSIEC = Adapter(
     summary="JSIEC 1000 fundus images, 39 class folders",
     layout="`<root>/<class>/*.jpg` with the 39 folders `0.0.Normal` ... `29.1.Blur fundus with suspected PDR` (any "
            "depth, e.g. the Kaggle copy's `1000images/`; the class is the image's parent folder, matched ignoring case, "
-           "spaces, `_` and `-`). No patient ids. Override or extend with `class_map:`.",
+           "spaces, `_` and `-`). Some Kaggle downloads nest a second copy (`1000images/1000images/<class>/`): "
+           "byte-identical copies are left out (listed in the report's `excluded`). No patient ids. Override or "
+           "extend with `class_map:`.",
     mapping=JSIEC_CLASSES, labelled_dirs=None, options={"class_map": CLASS_MAP_OPT},
 )
 GLAUCOMA_FUNDUS = Adapter(
