@@ -459,6 +459,8 @@ def build_deepdrid(root: Path) -> Path:
 # "bsuspectglaucoma"): PAPILA anormal/bsuspectglaucoma/cglaucoma, Glaucoma_fundus anormal_control/
 # bearly_glaucoma/cadvanced_glaucoma, Retina anormal/bcataract/cglaucoma/ddretina_disease, IDRiD
 # anoDR..eproDR, others (APTOS2019, MESSIDOR2) anodr/bmilddr/cmoderatedr/dseveredr/eproliferativedr.
+# Copies unpacked one level deeper (<Name>/<Name>/test: a saliency script's ".../PAPILA/PAPILA/test",
+# ".../Glaucoma_fundus/Glaucoma_fundus/test", found for "bsuspectglaucoma") are read too.
 RETFOUND = {"train": {"anoDR": 2, "bmildDR": 1, "cmoderateDR": 1}, "val": {"anoDR": 1, "dsevereDR": 1},
             "test": {"anoDR": 1, "eproDR": 1}}
 RETFOUND_TREES = {

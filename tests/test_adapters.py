@@ -432,3 +432,11 @@ def test_jsiec_nested_second_copy_of_the_kaggle_tree_is_not_read_twice(tmp_path)
     assert len(report["excluded"]) == sum(fx.JSIEC.values())
     assert all(x["reason"].startswith("identical copy of 1000images/") for x in report["excluded"])
     assert set(df["image_id"]) == {f"{k:04d}" for k in range(1, len(df) + 1)}  # plain stems again
+
+
+def test_retfound_copy_unpacked_one_level_deeper_is_still_recognised(tmp_path):
+    # RETFound copies are often unpacked as <Name>/<Name>/{train,val,test}/ (e.g. .../PAPILA/PAPILA/test)
+    fx.build_retfound(tmp_path / "PAPILA" / "PAPILA", fx.RETFOUND_TREES["papila"])
+    df, report = read_dataset("papila", {"adapter": "retfound", "root": str(tmp_path / "PAPILA")})
+    assert set(df["split"]) == {"train", "val", "test"} and report["unmapped"] == []
+    assert df.groupby("source_label")["glaucoma"].first()["anormal"] == 0

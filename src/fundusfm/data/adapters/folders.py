@@ -187,8 +187,10 @@ def _retfound_benchmark(ctx: Context) -> str:
     given = ctx.option("benchmark")
     if given:
         return given
+    # class folders: the parents of images below a split folder (at any depth: copies are often
+    # unpacked as PAPILA/PAPILA/train/...)
     folders = {norm_class(r.split("/")[-2]) for r in ctx.index.images
-               if len(r.split("/")) >= 3 and r.split("/")[0].lower() in SPLIT_DIRS and not NOT_PHOTOS.search(r)}
+               if any(p.lower() in SPLIT_DIRS for p in r.split("/")[:-2]) and not NOT_PHOTOS.search(r)}
     known = {b: {norm_class(f) for f in m} for b, m in RETFOUND_BENCHMARKS.items()}
     score = {b: len(folders & k) for b, k in known.items()}
     best = max(score.values(), default=0)
