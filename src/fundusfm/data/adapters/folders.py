@@ -251,7 +251,8 @@ GLAUCOMA_FUNDUS = Adapter(
 RETFOUND = Adapter(
     name="retfound", read=read_retfound,
     summary="RETFound benchmark copy of a dataset: train/val/test/<class>",
-    layout="`<root>/{train,val,test}/<class>/*` as in RETFound_MAE's BENCHMARK.md data splits. The class folders "
+    layout="`<root>/{train,val,test}/<class>/*` (or one level deeper, `<Name>/{train,...}`) as in RETFound_MAE's "
+           "BENCHMARK.md data splits. The class folders "
            "differ per benchmark and mean different things (PAPILA `anormal` = not glaucomatous, Retina `anormal` = "
            "normal fundus), so the table used is the benchmark's: `benchmark:` (`dr` for APTOS2019 / MESSIDOR2 / "
            "IDRiD_data, `papila`, `glaucoma_fundus`, `retina`, `jsiec`), else the one whose folders match the root's "
