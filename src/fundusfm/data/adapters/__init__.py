@@ -123,7 +123,7 @@ def option_problems(name: str, cfg: dict) -> list[dict]:
                              "message": f"not an option of adapter {key!r}" + (f" (did you mean {hint!r}?)" if hint else "")
                                         + f"; its options: {', '.join(valid)}"})
             continue
-        why = option_type_problem(value, schema[k])
+        why = option_type_problem(value, schema[k]) if isinstance(schema[k], Opt) else None
         if why:
             problems.append({"file": "config", "row": "", "column": f"{where}.{k}", "value": str(value)[:80],
                              "message": why})

@@ -33,6 +33,8 @@ def _fmt_labels(labels) -> str:
 
 
 def _fmt_kind(opt) -> str:
+    if not hasattr(opt, "kind"):
+        return "untyped"
     if opt.kind == "choice":
         return "one of " + ", ".join(f"`{c}`" if c else "`''`" for c in opt.choices)
     return {"bool": "true/false", "path": "path", "str": "string", "sheet": "sheet name or index",
@@ -60,7 +62,7 @@ def render_markdown() -> str:
                       if ad.labelled_dirs else ""))
         if ad.options:
             out.append("")
-            out += [f"- option `{k}` ({_fmt_kind(v)}): {v.doc}" for k, v in ad.options.items()]
+            out += [f"- option `{k}` ({_fmt_kind(v)}): {getattr(v, 'doc', v)}" for k, v in ad.options.items()]
         out += ["", "| source label | harmonised |", "|---|---|"]
         for src, labels in ad.mapping.items():
             out.append(f"| `{src}` | {_fmt_labels(labels)} |")
