@@ -1,4 +1,5 @@
 # Config validation and the named input/param functions every rule uses.
+import os
 import re
 import shlex
 import sys
@@ -7,6 +8,8 @@ from types import SimpleNamespace
 from fundusfm import config as fcfg
 from fundusfm import layout
 
+# Snakemake read the config files itself (keeping the last of two equal keys): refuse those first.
+fcfg.check_config_files(workflow.configfiles)
 fcfg.validate(config, source="the Snakemake config")
 
 # Rules call the `fundusfm` CLI installed next to the Python running Snakemake.
@@ -132,11 +135,26 @@ def split_args(wildcards, input):
 
 
 def init_checkpoint(wildcards):
-    """Our own pretraining must finish before a fundus-initialised fine-tune starts."""
+    """The weights a fine-tune starts from: our own pretraining (it must finish first) or
+    a checkpoint named under `inits:` (a missing file fails the dry run)."""
     if wildcards.init in fcfg.PRETRAINED_INITS:
         source = fcfg.PRETRAINED_INITS[wildcards.init]
         return [f"{layout.pretrain_dir(R, source)}/model.safetensors"]
+    if wildcards.init in config["inits"]:
+        return [config["inits"][wildcards.init]["checkpoint"]]
     return []
+
+
+def init_checkpoint_sha256(wildcards):
+    """SHA-256 of a named init checkpoint, a parameter of its fine-tunes: new bytes at the
+    path retrain them even when their time stamp is old (`cp -p`), which the mtime
+    trigger misses. Empty while the file is missing (the missing input is reported)."""
+    from fundusfm.hashing import sha256_file_memo
+
+    path = init_checkpoint(wildcards)
+    if wildcards.init not in config["inits"] or not os.path.isfile(path[0]):
+        return ""
+    return sha256_file_memo(path[0])
 
 
 def task_json(wildcards):

@@ -47,6 +47,7 @@ rule table:
             subcategory="{task}",
         ),
         tex=f"{R}/tables/{{task}}.tex",
+        comparisons=f"{R}/tables/{{task}}_comparisons.csv",
     log:
         f"{R}/logs/table/{{task}}.log",
     conda:

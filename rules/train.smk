@@ -11,6 +11,7 @@ rule pretrain:
         model=f"{R}/pretrain/{{source}}/model.safetensors",
         meta=f"{R}/pretrain/{{source}}/model.json",
         history=f"{R}/pretrain/{{source}}/history.csv",
+        train_config=f"{R}/pretrain/{{source}}/train_config.json",
         val=f"{R}/pretrain/{{source}}/predictions_val.csv",
         test=f"{R}/pretrain/{{source}}/predictions_test.csv",
     log:
@@ -50,6 +51,7 @@ rule finetune:
                 "model.safetensors",
                 "model.json",
                 "history.csv",
+                "train_config.json",
                 "predictions_val.csv",
                 "predictions_test.csv",
             ]
@@ -66,6 +68,7 @@ rule finetune:
         task=task_json,
         hparams=lambda wc: q(fcfg.hparams(config, wc.task)),
         init=init_cli,
+        init_sha256=init_checkpoint_sha256,
         out=f"{R}/finetune/{RUN}",
         results=results_dir,
         log_job=mlflow_log_each_job,

@@ -218,6 +218,8 @@ def test_table_single_run_uses_bootstrap_ci(study, tmp_path):
     rec = json.loads(one[0].read_text())
     lo, hi = rec["ci"]["auroc"]
     assert f"{rec['metrics']['auroc']:.3f} [{lo:.3f}, {hi:.3f}]†" in md
+    comp = pd.read_csv(prefix.with_name("one_comparisons.csv"))  # a declared output: header only, no reference
+    assert comp.empty and {"init", "reference", "diff", "skipped"} <= set(comp.columns)
 
 
 def test_figures_are_nonempty_pngs(study, tmp_path):

@@ -10,6 +10,7 @@ import itertools
 import json
 import os
 from importlib import resources
+from pathlib import Path
 
 import jsonschema
 import yaml
@@ -128,8 +129,9 @@ def _cross_check(config: dict):
                 yield f"tasks.{tname}.run_folds: fold {k} does not exist (the split has {folds} fold(s))"
         if task["type"] == "binary" and len(task["classes"]) != 2:
             yield f"tasks.{tname}.classes: a binary task has exactly 2 classes, got {task['classes']}"
-        if len(set(task["fractions"])) != len(task["fractions"]):
-            yield f"tasks.{tname}.fractions: repeated values {task['fractions']}"
+        labels = [fmt_fraction(f) for f in task["fractions"]]
+        if len(set(labels)) != len(labels):  # 0.1 and 0.1000001 share the path frac0.1
+            yield f"tasks.{tname}.fractions: repeated values {task['fractions']} (as run paths: {labels})"
     release = config["release"]
     if "task" in release:
         task = config["tasks"].get(release["task"])
@@ -142,11 +144,59 @@ def _cross_check(config: dict):
         yield "release.init: needs release.task (the released model is then that task's fine-tune)"
 
 
+def duplicate_keys(text: str, source: str = "config") -> list[str]:
+    """Keys given twice in one mapping of a YAML (or JSON) document, as messages naming
+    the key path and both lines. YAML loaders keep the last value silently (a task
+    replaced, ``epochs: 6`` then ``epochs: 60``); the study refuses them instead."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML ({e})") from None
+    found: list[str] = []
+
+    def walk(node, path: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            first: dict = {}
+            for key, value in node.value:
+                name = key.value if isinstance(key, yaml.ScalarNode) else None
+                if name is not None and name != "<<":
+                    where = f"{path}.{name}" if path else str(name)
+                    if name in first:
+                        found.append(f"{source}: key {where!r} is given twice (lines {first[name] + 1} and "
+                                     f"{key.start_mark.line + 1}); YAML would keep the last silently, remove one")
+                    else:
+                        first[name] = key.start_mark.line
+                    walk(value, where)
+                else:
+                    walk(value, path)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, f"{path}[{i}]")
+
+    if root is not None:
+        walk(root, "")
+    return found
+
+
+def check_config_files(paths) -> None:
+    """Refuse config files with duplicate keys (the files Snakemake was given: it loads
+    them itself, keeping the last of two values)."""
+    problems = [msg for p in paths for msg in duplicate_keys(Path(p).read_text(), str(p))]
+    if problems:
+        raise ConfigError(f"duplicate key(s) in the config ({len(problems)} problem(s)):\n"
+                          + "\n".join(f"  - {m}" for m in problems))
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    """A YAML config file, refusing duplicate keys (:func:`duplicate_keys`)."""
+    check_config_files([path])
+    with open(path) as fh:
+        return yaml.safe_load(fh)
+
+
 def load(path: str | os.PathLike) -> dict:
     """Read and validate a config file."""
-    with open(path) as fh:
-        config = yaml.safe_load(fh)
-    return validate(config, source=str(path))
+    return validate(read_yaml(path), source=str(path))
 
 
 def put_cli_on_path(python: str) -> None:

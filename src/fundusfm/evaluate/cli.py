@@ -102,9 +102,10 @@ def table_main(argv: list[str] | None = None) -> int:
     wide = wide_table(long, pooled)
     paths = write_tables(wide, shown, args.task, args.out_prefix)
     comp_path = Path(args.out_prefix).with_name(Path(args.out_prefix).name + "_comparisons.csv")
-    if per_run is not None:
-        write_csv(comp_path, per_run, float_format="%.10g")
-        paths.append(comp_path)
+    if per_run is None:  # no reference among the runs: a declared output all the same, header only
+        per_run = compare_inits([], spec, args.compare_to, metric=args.compare_metric, n_boot=0)[1]
+    write_csv(comp_path, per_run, float_format="%.10g")
+    paths.append(comp_path)
     log.info("table of %s from %d runs -> %s", args.task, len(recs), ", ".join(map(str, paths)))
     return 0
 

@@ -30,8 +30,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from fundusfm.models.factory import create, head_prefixes
 from fundusfm.fileio import atomic_write
+from fundusfm.hashing import sha256_file
+from fundusfm.models.factory import create, head_prefixes
 
 log = logging.getLogger(__name__)
 
@@ -164,39 +165,65 @@ def read_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> tupl
 
     Pickled whole modules (the paper's release) run code when unpickled, so they load
     only with ``trust_pickle=True``; they are then converted once to ``<path>.safetensors``
-    and later reads use that file.
+    and later reads use that file while it was made from the same bytes: the source's
+    SHA-256 is in the conversion's header (``source_sha256``), so new weights at the path
+    are converted again whatever their time stamps (``cp -p`` keeps the old one).
     """
     path = Path(path)
     if not path.is_file():
         raise InitError(f"checkpoint {path} does not exist")
     if path.suffix == ".safetensors":
-        return load_file(str(path)), None
+        return _load_safetensors(path), None
     converted = path.with_name(path.name + ".safetensors")
-    if converted.is_file() and converted.stat().st_mtime >= path.stat().st_mtime:
-        log.info("using the safetensors conversion %s of %s", converted, path)
-        return load_file(str(converted)), str(converted)
+    source_sha = sha256_file(path)
+    if converted.is_file() and _conversion_source(converted) == source_sha:
+        log.info("using the safetensors conversion %s of %s (same SHA-256)", converted, path)
+        return _load_safetensors(converted), str(converted)
     try:
         # MAE / RETFound checkpoints carry their argparse.Namespace ('args'): plain data
         with torch.serialization.safe_globals([argparse.Namespace]):
             return _unwrap(torch.load(path, map_location="cpu", weights_only=True), path), None
     except pickle.UnpicklingError as exc:
         if not trust_pickle:
+            stale = (f" ({converted.name} exists but was made from other bytes)" if converted.is_file() else "")
             raise InitError(
                 f"{path} is not a plain state dict: it is a pickled Python object (e.g. the "
                 "paper's released DataParallel ResNet50), and unpickling runs code from the file. "
                 "If you trust its origin, pass --trust-pickle (trust_pickle=True); it is then "
-                f"converted once to {converted.name}.\n(torch said: {str(exc).splitlines()[0]})"
+                f"converted once to {converted.name}{stale}.\n(torch said: {str(exc).splitlines()[0]})"
             ) from exc
     log.warning("unpickling %s as a whole Python object (trusted by --trust-pickle)", path)
     state = _unwrap(torch.load(path, map_location="cpu", weights_only=False), path)
     state = {k: v.detach().contiguous() for k, v in state.items()}
     try:
-        atomic_write(converted, lambda p: save_file(state, str(p)))
+        atomic_write(converted, lambda p: save_file(state, str(p), metadata={"source": path.name,
+                                                                          "source_sha256": source_sha}))
         log.info("converted %s to %s", path, converted)
         return state, str(converted)
     except OSError as exc:  # read-only location: still usable, just not cached
         log.warning("could not write safetensors conversion next to %s: %s", path, exc)
         return state, None
+
+
+def _conversion_source(converted: Path) -> str | None:
+    """``source_sha256`` of a conversion's header (``None``: unreadable or made before
+    conversions recorded it, so it is redone)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(converted), "pt") as fh:
+            return (fh.metadata() or {}).get("source_sha256")
+    except (SafetensorError, OSError):
+        return None
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+
+    try:
+        return load_file(str(path))
+    except SafetensorError as exc:
+        raise InitError(f"checkpoint {path} is not a readable safetensors file ({exc})") from None
 
 
 def load_init(

@@ -76,19 +76,29 @@ def predict_main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     import torch
+    from safetensors import SafetensorError
 
-    from fundusfm.fileio import write_csv
-    from fundusfm.release.loading import ReleaseError, load_model
-    from fundusfm.release.predict import InputError, expand_inputs, predict_inputs
+    from fundusfm.cli import error_line
+    from fundusfm.release.loading import ReleaseError
+    from fundusfm.release.predict import InputError
 
     if a.threads:
         torch.set_num_threads(a.threads)
     try:
-        paths = expand_inputs(a.inputs, a.path_column)
-        released = load_model(a.model, device=a.device)
-    except (InputError, ReleaseError, RuntimeError) as e:
-        print(f"fundusfm predict: {e}", file=sys.stderr)
+        return _predict(a)
+    except (InputError, ReleaseError, FileNotFoundError, SafetensorError, ValueError, RuntimeError) as e:
+        # RuntimeError: torch's (a CUDA device asked for and absent) and InitError
+        print(f"fundusfm predict: {error_line(e)}", file=sys.stderr)
         return 1
+
+
+def _predict(a) -> int:
+    from fundusfm.fileio import write_csv
+    from fundusfm.release.loading import load_model
+    from fundusfm.release.predict import expand_inputs, predict_inputs
+
+    paths = expand_inputs(a.inputs, a.path_column)
+    released = load_model(a.model, device=a.device)  # every release check happens here, before any image is read
     if not paths:
         print("fundusfm predict: the inputs hold no files", file=sys.stderr)
         return 1

@@ -22,8 +22,9 @@ import pandas as pd
 
 from fundusfm import layout
 from fundusfm.fileio import atomic_write, write_text
+from fundusfm.hashing import sha256_file
 from fundusfm.release.loading import (CARD_FILE, CONFIG_FILE, FORMAT, FORMAT_VERSION, META_KEYS, RELEASE_FILES,
-                                      WEIGHTS_FILE, ReleaseError, sha256_file)
+                                      WEIGHTS_FILE, ReleaseError, check_model_meta, sign_config)
 
 log = logging.getLogger("fundusfm.export")
 
@@ -289,8 +290,13 @@ def export(run_dir: str | Path, out_dir: str | Path, *, results: str | Path | No
     files = {WEIGHTS_FILE: {"sha256": sha256_file(weights), "bytes": weights.stat().st_size}}
     cfg = build_config(meta, spec, num_features=num_features, training=training, metrics=metrics, licence=licence,
                        source=source, software=software, files=files)
+    card = render_card(cfg)
+    write_text(out_dir / CARD_FILE, card)
+    files[CARD_FILE] = {"sha256": sha256_file(out_dir / CARD_FILE), "bytes": (out_dir / CARD_FILE).stat().st_size}
+    # signed as it reads back (JSON types), so that loading recomputes the same digest
+    cfg = sign_config(json.loads(json.dumps(cfg, allow_nan=False)))
+    check_model_meta(cfg, out_dir / CONFIG_FILE)  # never write a release that loading refuses
     write_text(out_dir / CONFIG_FILE, json.dumps(cfg, indent=2, allow_nan=False) + "\n")
-    write_text(out_dir / CARD_FILE, render_card(cfg))
     log.info("release of %s (%s, %s head, classes %s) -> %s", run_dir, meta["arch"], meta["head"],
              meta["classes"], out_dir)
     return out_dir

@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,30 +22,27 @@ import numpy as np
 import torch
 from torch import nn
 
+from fundusfm.hashing import sha256_file
 from fundusfm.models.io import resolve_device
 from fundusfm.preprocess.pipeline import PreprocessSpec, process_image
+
+log = logging.getLogger("fundusfm.release")
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "README.md"
 RELEASE_FILES = (WEIGHTS_FILE, CONFIG_FILE, CARD_FILE)
 FORMAT = "fundusfm-release"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: config.json is signed (fundusfm.signature)
 # what fundusfm.train.infer.predict_batch and the model factory need from the config
 META_KEYS = ("arch", "head", "num_classes", "classes", "task_type", "img_size", "mean", "std")
+TASK_TYPES = ("binary", "multiclass", "ordinal", "multilabel")
+SIGNATURE_SCOPE = ("SHA-256 of config.json without fundusfm.signature, as JSON with sorted keys and no "
+                   "whitespace; it covers fundusfm.files, so the SHA-256 of every release file")
 
 
 class ReleaseError(ValueError):
     """A release folder is incomplete or inconsistent (the message names file and key)."""
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_config(release_dir: str | Path) -> dict:
@@ -55,18 +54,126 @@ def read_config(release_dir: str | Path) -> dict:
         cfg = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ReleaseError(f"{path}: not valid JSON ({e})") from None
-    ff = cfg.get("fundusfm")
+    ff = cfg.get("fundusfm") if isinstance(cfg, dict) else None
     if not isinstance(ff, dict) or ff.get("format") != FORMAT:
         raise ReleaseError(f"{path}: key 'fundusfm.format' is not {FORMAT!r}; not a fundusfm release")
-    if int(ff.get("format_version", 0)) > FORMAT_VERSION:
-        raise ReleaseError(f"{path}: format_version {ff['format_version']} is newer than this fundusfm "
+    version = ff.get("format_version", 0)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ReleaseError(f"{path}: format_version {version!r} is newer than this fundusfm "
                            f"understands ({FORMAT_VERSION}); upgrade fundusfm")
-    missing = [f"fundusfm.model.{k}" for k in META_KEYS if k not in ff.get("model", {})]
-    if "preprocess_spec" not in ff.get("preprocessing", {}):
+    model = ff.get("model")
+    missing = [f"fundusfm.model.{k}" for k in META_KEYS if not isinstance(model, dict) or k not in model]
+    if not isinstance(ff.get("preprocessing"), dict) or "preprocess_spec" not in ff["preprocessing"]:
         missing.append("fundusfm.preprocessing.preprocess_spec")
     if missing:
         raise ReleaseError(f"{path}: key(s) {missing} missing")
     return cfg
+
+
+# ----------------------------------------------------------------------------- integrity
+
+def config_digest(cfg: dict) -> str:
+    """SHA-256 of ``config.json`` as data, without ``fundusfm.signature`` (see
+    :data:`SIGNATURE_SCOPE`): independent of indentation and key order, sensitive to every
+    value, the file list with the weights' SHA-256 included."""
+    body = dict(cfg, fundusfm={k: v for k, v in cfg["fundusfm"].items() if k != "signature"})
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def sign_config(cfg: dict) -> dict:
+    """``cfg`` (as it reads back from JSON) with ``fundusfm.signature`` set."""
+    cfg["fundusfm"]["signature"] = {"algorithm": "sha256", "scope": SIGNATURE_SCOPE, "digest": config_digest(cfg)}
+    return cfg
+
+
+def verify_release(release_dir: str | Path, cfg: dict) -> None:
+    """Refuse a release whose ``config.json`` or weights changed after export.
+
+    ``fundusfm.signature`` must match the config (a changed class order, task type,
+    mean, a removed file list: any edit), and ``model.safetensors`` its SHA-256 in
+    ``fundusfm.files``; a missing entry is an error, never a skipped check. A changed
+    model card (README.md) is only reported: it does not change predictions.
+    """
+    release_dir = Path(release_dir)
+    path = release_dir / CONFIG_FILE
+    ff = cfg["fundusfm"]
+    redo = "re-export it with `fundusfm export` from the training output, or restore the original folder"
+    sig = ff.get("signature")
+    if not isinstance(sig, dict) or sig.get("algorithm") != "sha256" or not isinstance(sig.get("digest"), str):
+        raise ReleaseError(f"{path}: key 'fundusfm.signature' missing or not a sha256 digest: the release is unsigned "
+                           f"(format_version 1 predates signing) or was edited, so it cannot be checked; {redo}")
+    try:
+        digest = config_digest(cfg)
+    except ValueError as e:  # NaN / inf smuggled in: never written by export
+        raise ReleaseError(f"{path}: not a config export writes ({e}); {redo}") from None
+    if digest != sig["digest"]:
+        raise ReleaseError(f"{path}: changed after export: its content no longer matches fundusfm.signature (a value "
+                           f"such as classes, task_type, mean, std or the file list was edited); {redo}")
+    files = ff.get("files")
+    entry = files.get(WEIGHTS_FILE) if isinstance(files, dict) else None
+    if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+        raise ReleaseError(f"{path}: key 'fundusfm.files.{WEIGHTS_FILE}.sha256' missing: the weights cannot be "
+                           f"checked; {redo}")
+    weights = release_dir / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ReleaseError(f"{weights} missing")
+    if sha256_file(weights) != entry["sha256"]:
+        raise ReleaseError(f"{weights}: SHA-256 differs from {path} (fundusfm.files); the weights were changed or "
+                           "the copy is incomplete")
+    card, card_entry = release_dir / CARD_FILE, files.get(CARD_FILE)
+    if isinstance(card_entry, dict) and card.is_file() and sha256_file(card) != card_entry.get("sha256"):
+        log.warning("%s differs from the model card exported with these weights (%s fundusfm.files): it was edited",
+                    card, path)
+
+
+def check_model_meta(cfg: dict, path: str | Path) -> dict:
+    """The model keys of ``config.json`` checked for sanity (whatever the signature says):
+    classes named once each and as many as outputs, a known task type, a positive image
+    size, finite mean in [0, 1] and std > 0 per RGB channel, and the timm-readable copies
+    (``num_classes``, ``label_names``, ``pretrained_cfg.mean/std``) equal to them."""
+    meta = dict(cfg["fundusfm"]["model"])
+    where = f"{path}: key 'fundusfm.model."
+    classes, k = meta["classes"], meta["num_classes"]
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) and c for c in classes):
+        raise ReleaseError(f"{where}classes' must be a list of class names, got {classes!r}")
+    if len(set(classes)) != len(classes):
+        raise ReleaseError(f"{where}classes' names a class twice: {classes}")
+    if not isinstance(k, int) or isinstance(k, bool) or k != len(classes):
+        raise ReleaseError(f"{where}num_classes' is {k!r} but 'classes' names {len(classes)}: {classes}")
+    if meta["task_type"] not in TASK_TYPES:
+        raise ReleaseError(f"{where}task_type' is {meta['task_type']!r}, not one of {list(TASK_TYPES)}")
+    if meta["task_type"] == "binary" and k != 2:
+        raise ReleaseError(f"{where}task_type' is binary but there are {k} classes {classes}")
+    task = meta.get("task")
+    if isinstance(task, dict) and task.get("type") not in (None, meta["task_type"]):
+        raise ReleaseError(f"{where}task_type' is {meta['task_type']!r} but fundusfm.model.task.type is "
+                           f"{task.get('type')!r}")
+    if isinstance(task, dict) and (task.get("classes") or task.get("labels")) not in (None, classes):
+        raise ReleaseError(f"{where}classes' {classes} differ from fundusfm.model.task "
+                           f"{task.get('classes') or task.get('labels')}")
+    size = meta["img_size"]
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ReleaseError(f"{where}img_size' must be a positive integer, got {size!r}")
+    for key, low in (("mean", None), ("std", 0.0)):
+        v = meta[key]
+        ok = isinstance(v, list) and len(v) == 3 and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)
+        if not ok:
+            raise ReleaseError(f"{where}{key}' must be 3 finite numbers (RGB), got {v!r}")
+        if low is None and not all(0.0 <= x <= 1.0 for x in v):
+            raise ReleaseError(f"{where}mean' {v} is outside [0, 1] (inputs are scaled to [0, 1] first)")
+        if low is not None and not all(x > low for x in v):
+            raise ReleaseError(f"{where}std' {v} must be > 0 per channel (a zero std divides by zero: NaN "
+                               "probabilities)")
+    pcfg = cfg.get("pretrained_cfg") or {}
+    for name, have, want in (("num_classes", cfg.get("num_classes"), k),
+                             ("label_names", cfg.get("label_names"), classes),
+                             ("pretrained_cfg.mean", pcfg.get("mean"), meta["mean"]),
+                             ("pretrained_cfg.std", pcfg.get("std"), meta["std"])):
+        if have is not None and have != want:
+            raise ReleaseError(f"{path}: key {name!r} is {have!r} but fundusfm.model says {want!r}")
+    return meta
 
 
 def model_input(processed: np.ndarray, spec: PreprocessSpec, img_size: int) -> torch.Tensor:
@@ -129,14 +236,17 @@ class ReleasedModel:
         return out
 
 
-def load_model(release_dir: str | Path, device: str | torch.device = "cpu", verify: bool = True) -> ReleasedModel:
+def load_model(release_dir: str | Path, device: str | torch.device = "cpu") -> ReleasedModel:
     """Load a release folder written by ``fundusfm export``.
 
-    Rebuilds the architecture from ``config.json`` (timm + head), loads
-    ``model.safetensors`` strictly (no pickle is ever read) after checking its SHA-256
-    against the config (``verify``), and returns a :class:`ReleasedModel` whose
-    ``preprocess`` / ``predict`` reproduce the study's prediction path.
+    Checks the signature of ``config.json`` and the SHA-256 of ``model.safetensors``
+    (:func:`verify_release`) and the sanity of the model keys (:func:`check_model_meta`),
+    rebuilds the architecture from the config (timm + head), checks that the weights'
+    shapes fit it (the head's outputs are the classes), loads them strictly (no pickle is
+    ever read), and returns a :class:`ReleasedModel` whose ``preprocess`` / ``predict``
+    reproduce the study's prediction path. Everything is checked before any image is read.
     """
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     from fundusfm.models.factory import create
@@ -144,19 +254,38 @@ def load_model(release_dir: str | Path, device: str | torch.device = "cpu", veri
     release_dir = Path(release_dir)
     cfg = read_config(release_dir)
     ff = cfg["fundusfm"]
+    verify_release(release_dir, cfg)
+    meta = check_model_meta(cfg, release_dir / CONFIG_FILE)
     weights = release_dir / WEIGHTS_FILE
-    if not weights.is_file():
-        raise ReleaseError(f"{weights} missing")
-    want = ff.get("files", {}).get(WEIGHTS_FILE, {}).get("sha256")
-    if verify and want and sha256_file(weights) != want:
-        raise ReleaseError(f"{weights}: SHA-256 differs from {release_dir / CONFIG_FILE} "
-                           "(fundusfm.files); the weights were changed or the copy is incomplete")
-    meta = dict(ff["model"])
+    try:
+        spec = PreprocessSpec.from_dict(ff["preprocessing"]["preprocess_spec"])
+    except (TypeError, ValueError, KeyError) as e:
+        raise ReleaseError(f"{release_dir / CONFIG_FILE}: key 'fundusfm.preprocessing.preprocess_spec': {e}") from None
     dev = resolve_device(device)
-    model = create(meta["arch"], int(meta["num_classes"]), meta["head"], "random", img_size=meta["img_size"])
+    try:
+        model = create(meta["arch"], int(meta["num_classes"]), meta["head"], "random", img_size=meta["img_size"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise ReleaseError(f"{release_dir / CONFIG_FILE}: the model of fundusfm.model (arch {meta['arch']!r}, head "
+                           f"{meta['head']!r}) cannot be built: {e}") from None
+    try:
+        with safe_open(str(weights), "pt") as fh:
+            shapes = {key: tuple(fh.get_slice(key).get_shape()) for key in fh.keys()}
+            header = fh.metadata() or {}
+    except SafetensorError as e:
+        raise ReleaseError(f"{weights}: not a readable safetensors file ({e})") from None
+    if header.get("num_classes") not in (None, str(meta["num_classes"])) or \
+            header.get("architecture") not in (None, meta["arch"]) or header.get("head") not in (None, meta["head"]):
+        raise ReleaseError(f"{weights}: its header says {header.get('architecture')} with the {header.get('head')} "
+                           f"head and {header.get('num_classes')} outputs, {release_dir / CONFIG_FILE} says "
+                           f"{meta['arch']} / {meta['head']} / {meta['num_classes']} classes {meta['classes']}")
+    want = {key: tuple(v.shape) for key, v in model.state_dict().items()}
+    wrong = [f"{key}: {shapes[key]} vs {want[key]}" for key in want if key in shapes and shapes[key] != want[key]]
+    if wrong:
+        raise ReleaseError(f"{weights} does not fit {meta['arch']} with the {meta['head']} head and "
+                           f"{meta['num_classes']} classes {meta['classes']} (shapes, weights vs config: "
+                           f"{wrong[:3]})")
     result = model.load_state_dict(load_file(str(weights)), strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise ReleaseError(f"{weights} does not match {meta['arch']} with the {meta['head']} head: "
                            f"missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}")
-    spec = PreprocessSpec.from_dict(ff["preprocessing"]["preprocess_spec"])
     return ReleasedModel(model=model.to(dev).eval(), config=cfg, meta=meta, spec=spec, device=dev, path=release_dir)

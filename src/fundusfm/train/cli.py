@@ -83,11 +83,20 @@ def train_main(argv: list[str] | None = None) -> int:
                    init=args.init, hparams=hparams, out=args.out, init_name=args.init_name,
                    trust_pickle=args.trust_pickle, allow_partial=args.allow_partial,
                    external=list(args.external), device=args.device, workers=args.workers)
+    from safetensors import SafetensorError
+
+    from fundusfm.cli import error_line
+    from fundusfm.models.init import InitError
+    from fundusfm.train.resume import ResumeError
+
     try:
         train(spec)
     except Preempted as exc:
         log.warning("%s; resume state in %s/.resume, rerun to continue", exc, args.out)
         return EXIT_PREEMPTED
+    except (InitError, ResumeError, FileNotFoundError, SafetensorError, ValueError) as exc:
+        print(f"fundusfm train: {error_line(exc)}", file=sys.stderr)
+        return 1
     return 0
 
 

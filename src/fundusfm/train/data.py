@@ -40,13 +40,13 @@ def encode_targets(df: pd.DataFrame, task: TaskSpec, table: str = "task table") 
     """
     missing = [c for c in task.columns if c not in df.columns]
     if missing:
-        raise KeyError(f"{table}: label column(s) {missing} not found (columns: {list(df.columns)})")
+        raise ValueError(f"{table}: label column(s) {missing} not found (columns: {list(df.columns)})")
     if task.multilabel:
         vals = df[list(task.columns)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float32)
         bad = ~np.isnan(vals) & ~np.isin(vals, (0.0, 1.0))
         if bad.any():
             r, c = np.argwhere(bad)[0]
-            raise ValueError(f"{table}: row {df.index[r]} ({_row_name(df, r)}) column {task.columns[c]!r}: "
+            raise ValueError(f"{table}: row {file_row(df.index[r])} ({_row_name(df, r)}) column {task.columns[c]!r}: "
                              f"multilabel values must be 0/1, got {vals[r, c]}")
         return vals
     col = task.columns[0]
@@ -55,11 +55,18 @@ def encode_targets(df: pd.DataFrame, task: TaskSpec, table: str = "task table") 
     if bad.any():
         r = int(np.flatnonzero(bad)[0])
         raise ValueError(
-            f"{table}: row {df.index[r]} ({_row_name(df, r)}) column {col!r}: label {df[col].iloc[r]!r} is "
+            f"{table}: row {file_row(df.index[r])} ({_row_name(df, r)}) column {col!r}: label {df[col].iloc[r]!r} is "
             f"not a class index 0..{task.num_outputs - 1} ({bad.sum()} such rows); unlabelled rows must be "
             "'excluded' in the fold column"
         )
     return vals.astype(np.int64)
+
+
+def file_row(label) -> int:
+    """Row number in the CSV file (as a spreadsheet shows it: the header is row 1) of the
+    table row with index label ``label``. Task tables are read with pandas' default index,
+    kept through every selection, so label ``i`` is data row ``i``, file row ``i + 2``."""
+    return int(label) + 2
 
 
 def _row_name(df: pd.DataFrame, r: int) -> str:
@@ -255,12 +262,12 @@ def read_task_table(path: str, fold: int) -> tuple[pd.DataFrame, str]:
     need = ["dataset", "image_id", "patient_id", "image", col]
     missing = [c for c in need if c not in df.columns]
     if missing:
-        raise KeyError(f"{path}: column(s) {missing} missing (have {list(df.columns)})")
+        raise ValueError(f"{path}: column(s) {missing} missing (have {list(df.columns)})")
     roles = {"train", "val", "test", "external", "excluded"}
     bad = ~df[col].isin(roles)
     if bad.any():
         r = int(np.flatnonzero(bad.to_numpy())[0])
-        raise ValueError(f"{path}: row {r} column {col!r}: role {df[col].iloc[r]!r} not in {sorted(roles)}")
+        raise ValueError(f"{path}: row {file_row(r)} column {col!r}: role {df[col].iloc[r]!r} not in {sorted(roles)}")
     if "eye" not in df.columns:
         df["eye"] = "U"
     return df, col

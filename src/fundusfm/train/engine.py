@@ -44,12 +44,14 @@ from fundusfm.train.data import (
     GpuAugment,
     ShardBatchSampler,
     encode_targets,
+    file_row,
     mix_seed,
     read_task_table,
     sample_weights,
     train_transform,
 )
 from fundusfm.train.metrics import is_better, monitor_value
+from fundusfm.train.resume import STATE_FILE, ResumeError, load_state, save_state
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +119,7 @@ def select_sets(df: pd.DataFrame, col: str, spec: RunSpec) -> dict[str, pd.DataF
     for name, rows in sets.items():
         absent = [p for p in rows["image"] if not Path(p).is_file()]
         if absent:
-            r = rows.index[rows["image"] == absent[0]][0]
+            r = file_row(rows.index[rows["image"] == absent[0]][0])
             raise FileNotFoundError(f"{spec.table}: row {r} ({name}) image {absent[0]!r} not found "
                                     f"({len(absent)} missing in {name}; paths are relative to {os.getcwd()})")
     return sets
@@ -301,14 +303,14 @@ class Trainer:
     # -- resume -------------------------------------------------------------------------
 
     def _load_resume(self) -> dict | None:
-        path = self.resume_dir / "state.pt"
+        path = self.resume_dir / STATE_FILE
         if not path.is_file():
             return None
-        state = torch.load(path, map_location="cpu", weights_only=False)  # our own file
+        state = load_state(path)  # tensors and plain values only: a planted object is refused, never run
         old, new = state["fingerprint"], json.loads(json.dumps(self.spec.fingerprint()))
         if old != new:
             diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-            raise RuntimeError(
+            raise ResumeError(
                 f"{path} belongs to a run with different settings ({diff}); delete {self.resume_dir} "
                 "to start afresh or rerun with the original arguments")
         log.info("resuming from %s: epoch %d step %d", path, state["epoch"], state["step"])
@@ -328,7 +330,7 @@ class Trainer:
             "history": self.history, "best": self.best, "best_epoch": self.best_epoch,
             "bad_epochs": self.bad_epochs, "init_report": self.init_report,
         }
-        atomic_write(self.resume_dir / "state.pt", lambda p: torch.save(state, p))
+        atomic_write(self.resume_dir / STATE_FILE, lambda p: save_state(state, p))
 
     # -- signals ----------------------------------------------------------------------------
 

@@ -1,0 +1,152 @@
+"""Named init checkpoints are Snakemake inputs (new bytes retrain, even copied with
+``cp -p``); a trusted pickle's conversion is reused only for the same bytes."""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).parent))
+from workflow_helpers import copy_workflow, job_stats, run_snakemake, tiny_config  # noqa: E402
+
+from fundusfm.models.factory import create  # noqa: E402
+from fundusfm.models.init import InitError, load_init, read_checkpoint  # noqa: E402
+
+torch.set_num_threads(1)
+DAY = 86400
+
+
+def _pickled_module(path: Path, seed: int) -> nn.Module:
+    """A whole pickled DataParallel model, as the paper released its ResNet50 (small here)."""
+    torch.manual_seed(seed)
+    net = create("resnet10t", 2, head="paper")
+    torch.save(nn.DataParallel(net), path)
+    return net
+
+
+def _age(path: Path, seconds: float) -> None:
+    t = time.time() - seconds
+    os.utime(path, (t, t))
+
+
+# ----------------------------------------------------------------------------- the conversion cache
+
+def test_conversion_is_redone_for_new_bytes_with_an_old_time_stamp(tmp_path):
+    ckpt = tmp_path / "paper.pth"
+    a = _pickled_module(ckpt, seed=0)
+    state, converted = read_checkpoint(ckpt, trust_pickle=True)
+    assert converted == str(ckpt) + ".safetensors"
+    with safe_open(converted, "pt") as fh:
+        assert len(fh.metadata()["source_sha256"]) == 64
+    key = "conv1.0.weight"
+    torch.testing.assert_close(load_file(converted)[key], a.state_dict()[key])
+
+    other = tmp_path / "other.pth"
+    b = _pickled_module(other, seed=1)
+    _age(other, DAY)  # older than the conversion: the old mtime rule reused the stale conversion
+    subprocess.run(["cp", "-p", str(other), str(ckpt)], check=True)
+    assert os.path.getmtime(ckpt) < os.path.getmtime(converted)
+
+    with pytest.raises(InitError, match=r"made from other bytes"):  # never the stale weights, never unpickled
+        read_checkpoint(ckpt)
+    state, converted = read_checkpoint(ckpt, trust_pickle=True)
+    torch.testing.assert_close(state[key], b.state_dict()[key])
+    torch.testing.assert_close(load_file(converted)[key], b.state_dict()[key])
+    # the same bytes again: the conversion is used, no trust needed
+    model = create("resnet10t", 2, head="paper")
+    report = load_init(model, f"checkpoint:{ckpt}")
+    assert report.converted_to == converted
+    torch.testing.assert_close(model.state_dict()[key], b.state_dict()[key])
+
+
+def test_conversion_without_a_recorded_source_is_redone(tmp_path):
+    ckpt = tmp_path / "paper.pth"
+    net = _pickled_module(ckpt, seed=0)
+    stale = {k: torch.zeros_like(v) for k, v in net.state_dict().items()}
+    save_file(stale, str(ckpt) + ".safetensors")  # made by an older fundusfm: no source_sha256
+    with pytest.raises(InitError, match="--trust-pickle"):
+        read_checkpoint(ckpt)
+    state, _ = read_checkpoint(ckpt, trust_pickle=True)
+    torch.testing.assert_close(state["conv1.0.weight"], net.state_dict()["conv1.0.weight"])
+
+
+# ----------------------------------------------------------------------------- through Snakemake
+
+FRACTION_PATH = "fold0/frac1/seed0"
+
+
+def _config(checkpoint: str) -> dict:
+    cfg = copy.deepcopy(tiny_config())
+    grade = cfg["tasks"]["grade"]
+    grade["inits"] = ["random", "mine"]
+    cfg["tasks"] = {"grade": grade}
+    cfg["inits"] = {"mine": {"checkpoint": checkpoint}}
+    cfg["mlflow"] = {"enabled": False}
+    cfg["report"] = {"cam": False, "n_boot": 0}
+    return cfg
+
+
+def _weights(path: Path, seed: int) -> None:
+    torch.manual_seed(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in create("resnet10t", 5, head="paper").state_dict().items()}, str(path))
+
+
+def _planned_finetunes(output: str) -> set[str]:
+    """Inits of the fine-tunes in a dry run's job list (their ``output:`` lines)."""
+    return set(re.findall(r"output: results/finetune/grade/(\w+)/" + FRACTION_PATH + "/model.safetensors", output))
+
+
+def test_missing_init_checkpoint_fails_the_dry_run(tmp_path):
+    wd = copy_workflow(tmp_path / "wf", _config("weights/absent.safetensors"))
+    p = run_snakemake(wd, "-n", check=False, timeout=300)
+    out = p.stdout + p.stderr
+    assert p.returncode != 0 and "MissingInputException" in out and "weights/absent.safetensors" in out, out[-3000:]
+
+
+@pytest.mark.slow
+def test_new_checkpoint_bytes_copied_with_cp_p_retrain_only_its_finetunes(tmp_path):
+    wd = copy_workflow(tmp_path / "wf", _config("weights/mine.safetensors"))
+    _weights(wd / "weights" / "mine.safetensors", seed=0)
+    targets = [f"results/finetune/grade/{init}/{FRACTION_PATH}/model.safetensors" for init in ("random", "mine")]
+    run_snakemake(wd, "--cores", "2", *targets)
+    p = run_snakemake(wd, "-n", *targets)
+    assert "Nothing to be done" in p.stdout + p.stderr, p.stdout[-2000:]
+
+    new = tmp_path / "new.safetensors"
+    _weights(new, seed=1)
+    _age(new, DAY)  # older than every output: the mtime trigger cannot see the change
+    subprocess.run(["cp", "-p", str(new), str(wd / "weights" / "mine.safetensors")], check=True)
+    assert os.path.getmtime(wd / "weights" / "mine.safetensors") < os.path.getmtime(wd / targets[1])
+
+    p = run_snakemake(wd, "-n", *targets)
+    out = p.stdout + p.stderr
+    assert job_stats(out).get("finetune") == 1, out[-3000:]
+    assert _planned_finetunes(out) == {"mine"}, out[-3000:]
+    assert "Params have changed" in out
+
+
+def test_checkpoint_digest_follows_the_bytes_not_the_copy(tmp_path):
+    """The rule parameter: a copy of the same bytes has the same digest (nothing to retrain
+    for the params trigger); bytes rewritten in place get a new one, memo or not."""
+    from fundusfm.hashing import sha256_file_memo
+
+    a = tmp_path / "a.safetensors"
+    _weights(a, seed=0)
+    first = sha256_file_memo(a)
+    shutil.copy(a, tmp_path / "b.safetensors")
+    assert sha256_file_memo(tmp_path / "b.safetensors") == first
+    _weights(a, seed=1)
+    assert sha256_file_memo(a) != first  # rewritten in place: ctime moved, the memo does not serve the old digest
