@@ -18,7 +18,7 @@ from test_release import CLASSES, make_release  # noqa: E402
 import fundusfm.preprocess.pipeline as pipeline  # noqa: E402
 from fundusfm.release import load_model  # noqa: E402
 from fundusfm.release.loading import ReleaseError, sign_config  # noqa: E402
-from fundusfm.release.predict import main as predict_main  # noqa: E402
+from fundusfm.release.cli import predict_main  # noqa: E402
 
 torch.set_num_threads(1)
 

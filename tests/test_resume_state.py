@@ -13,8 +13,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train_helpers import BINARY_TASK, make_task_table, tiny_hparams  # noqa: E402
 
-from fundusfm.train.cli import main  # noqa: E402
-from fundusfm.train.config import TaskSpec, resolve_hparams  # noqa: E402
+from fundusfm.task import TaskSpec  # noqa: E402
+from fundusfm.train.cli import train_main as main  # noqa: E402
+from fundusfm.train.config import resolve_hparams  # noqa: E402
 from fundusfm.train.engine import Preempted, RunSpec, Trainer  # noqa: E402
 from fundusfm.train.resume import ResumeError, load_state, plain_problem, save_state  # noqa: E402
 

@@ -78,7 +78,7 @@ def predict_main(argv: list[str] | None = None) -> int:
     import torch
     from safetensors import SafetensorError
 
-    from fundusfm.cli import error_line
+    from fundusfm.errors import error_line
     from fundusfm.release.loading import ReleaseError
     from fundusfm.release.predict import InputError
 

@@ -85,7 +85,7 @@ def train_main(argv: list[str] | None = None) -> int:
                    external=list(args.external), device=args.device, workers=args.workers)
     from safetensors import SafetensorError
 
-    from fundusfm.cli import error_line
+    from fundusfm.errors import error_line
     from fundusfm.models.init import InitError
     from fundusfm.train.resume import ResumeError
 

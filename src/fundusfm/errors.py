@@ -1,0 +1,14 @@
+"""How an error reads where a verb stops on it: one line on the terminal."""
+
+from __future__ import annotations
+
+
+def error_line(exc: BaseException) -> str:
+    """An exception as one terminal line for a verb's error exit: its message with the
+    lines joined, prefixed by its type unless that is a plain ``ValueError`` or one of our
+    own errors, whose messages name the file, row and key (``SafetensorError: ...``)."""
+    text = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+    own = type(exc).__module__.startswith("fundusfm.")
+    if text and (own or type(exc) is ValueError):
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
