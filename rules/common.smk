@@ -176,7 +176,9 @@ def task_metrics(wildcards):
 
 
 def task_test_metrics(wildcards):
-    return [layout.metrics_json(R, r, "test") for r in fcfg.runs(config, wildcards.task)]
+    return [
+        layout.metrics_json(R, r, "test") for r in fcfg.runs(config, wildcards.task)
+    ]
 
 
 def all_targets():
@@ -288,3 +290,33 @@ def release_targets():
 def results_dir(wildcards):
     """The results tree, for CLI options that take the whole tree (--results)."""
     return R
+
+
+def ingest_entry(dataset):
+    """The dataset's config entry as ingest reads it: without its `preprocess:` block, so
+    tuning that dataset's preprocessing reruns preprocess, not ingest."""
+    return {k: v for k, v in config["datasets"][dataset].items() if k != "preprocess"}
+
+
+def preprocess_setting(dataset, key):
+    """A preprocessing setting of one dataset: `datasets.<name>.preprocess.<key>` over the
+    global `preprocess.<key>` (thresholds merge key by key). Per job, so changing one
+    dataset's value reruns only that dataset's preprocess."""
+    own = config["datasets"][dataset].get("preprocess") or {}
+    base = config["preprocess"].get(key)
+    if key == "thresholds":
+        return {**(base or {}), **(own.get("thresholds") or {})}
+    return own.get(key, base)
+
+
+def ingest_inputs(wildcards):
+    """What ingest reads that may change: dataset_inputs plus a `csv` dataset's labels file,
+    so an edited sheet is read again."""
+    ds = config["datasets"][wildcards.dataset]
+    files = list(dataset_inputs(wildcards))
+    given = ds.get("labels_file")
+    if ds.get("adapter") == "csv" and given and ds.get("root"):
+        path = given if os.path.isabs(given) else os.path.join(ds["root"], given)
+        if os.path.isfile(path):
+            files.append(path)
+    return files

@@ -2,39 +2,6 @@
 # preprocess (FOV crop, resize, quality), check overlaps and split each task.
 
 
-def ingest_entry(dataset):
-    """The dataset's config entry as ingest reads it: without its `preprocess:` block, so
-    tuning that dataset's preprocessing reruns preprocess, not ingest."""
-    return {k: v for k, v in config["datasets"][dataset].items() if k != "preprocess"}
-
-
-def preprocess_setting(dataset, key):
-    """A preprocessing setting of one dataset: `datasets.<name>.preprocess.<key>` over the
-    global `preprocess.<key>` (thresholds merge key by key). Per job, so changing one
-    dataset's value reruns only that dataset's preprocess."""
-    own = config["datasets"][dataset].get("preprocess") or {}
-    base = config["preprocess"].get(key)
-    if key == "thresholds":
-        return {**(base or {}), **(own.get("thresholds") or {})}
-    return own.get(key, base)
-
-
-import os
-
-
-def ingest_inputs(wildcards):
-    """What ingest reads that may change: dataset_inputs plus a `csv` dataset's labels file,
-    so an edited sheet is read again."""
-    ds = config["datasets"][wildcards.dataset]
-    files = list(dataset_inputs(wildcards))
-    given = ds.get("labels_file")
-    if ds.get("adapter") == "csv" and given and ds.get("root"):
-        path = given if os.path.isabs(given) else os.path.join(ds["root"], given)
-        if os.path.isfile(path):
-            files.append(path)
-    return files
-
-
 rule synth:
     """Draw a synthetic fundus dataset (only for datasets with a `synth:` block)."""
     output:
@@ -111,7 +78,7 @@ rule preprocess:
         "--workers {threads} --gallery {output.gallery} --no-progress > {log} 2>&1 "
         "|| {{ rc=$?; mkdir -p {params.kept}; "
         "cp -f {output.qc} {output.gallery} {params.kept}/ 2>/dev/null || true; "
-        "echo \"failed (rc $rc): QC table and gallery kept in {params.kept}/\" >> {log}; exit $rc; }}"
+        'echo "failed (rc $rc): QC table and gallery kept in {params.kept}/" >> {log}; exit $rc; }}'
 
 
 rule overlap:
