@@ -83,18 +83,31 @@ def _circle_weights3(size: int) -> np.ndarray:
     return out
 
 
+def to_output_x(x: float, fov: FOV, size: int) -> float:
+    """Map an x (pixel-centre coordinates) of the source image into the output square."""
+    return (x + 0.5 - (fov.cx + 0.5 - fov.r)) * size / (2 * fov.r) - 0.5
+
+
 def fov_mask(fov: FOV, size: int) -> np.ndarray:
-    """uint8 weights (0..255) of the FOV in the output square: disc minus cut edges."""
-    m = _circle_weights(size)
-    if fov.top is None and fov.bottom is None:
-        return m
-    m = m.copy()
+    """uint8 weights (0..255) of the FOV in the output square: the disc minus the cut
+    edges, or for the bright-region fallback (``fov.method == 'mask'``) its outline."""
+    cuts = (fov.top, fov.bottom, fov.left, fov.right)
+    if fov.method == "mask" and fov.hull is not None:
+        m = np.zeros((size, size), np.uint8)
+        pts = np.column_stack([to_output_x(fov.hull[:, 0], fov, size), to_output_y(fov.hull[:, 1], fov, size)])
+        cv2.fillPoly(m, [np.round(pts * 16).astype(np.int32)], 255, lineType=cv2.LINE_AA, shift=4)
+    elif all(c is None for c in cuts):
+        return _circle_weights(size)
+    else:
+        m = _circle_weights(size).copy()
     if fov.top is not None:
-        yt = to_output_y(fov.top, fov, size)
-        m[: max(0, math.ceil(yt))] = 0
+        m[: max(0, math.ceil(to_output_y(fov.top, fov, size)))] = 0
     if fov.bottom is not None:
-        yb = to_output_y(fov.bottom, fov, size)
-        m[max(0, math.floor(yb) + 1):] = 0
+        m[max(0, math.floor(to_output_y(fov.bottom, fov, size)) + 1):] = 0
+    if fov.left is not None:
+        m[:, : max(0, math.ceil(to_output_x(fov.left, fov, size)))] = 0
+    if fov.right is not None:
+        m[:, max(0, math.floor(to_output_x(fov.right, fov, size)) + 1):] = 0
     return m
 
 
@@ -108,9 +121,12 @@ def apply_mask(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def frame_coverage(fov: FOV, width: int, height: int, grid: int = 128) -> float:
-    """Fraction of the FOV circle that lies inside the frame and between cut edges."""
-    if (fov.top is None and fov.bottom is None and fov.cx - fov.r >= -0.5 and fov.cy - fov.r >= -0.5
-            and fov.cx + fov.r <= width - 0.5 and fov.cy + fov.r <= height - 0.5):
+    """Fraction of the FOV circle that lies inside the frame and between cut edges
+    (1.0 for the bright-region fallback: its outline is all the field there is)."""
+    if fov.method == "mask":
+        return 1.0
+    if (all(c is None for c in (fov.top, fov.bottom, fov.left, fov.right)) and fov.cx - fov.r >= -0.5
+            and fov.cy - fov.r >= -0.5 and fov.cx + fov.r <= width - 0.5 and fov.cy + fov.r <= height - 0.5):
         return 1.0  # the whole circle is in the frame (what the grid below would count)
     c = (grid - 1) / 2
     yy, xx = np.mgrid[0:grid, 0:grid].astype(np.float32)
@@ -124,6 +140,10 @@ def frame_coverage(fov: FOV, width: int, height: int, grid: int = 128) -> float:
         vis &= sy >= fov.top
     if fov.bottom is not None:
         vis &= sy <= fov.bottom
+    if fov.left is not None:
+        vis &= sx >= fov.left
+    if fov.right is not None:
+        vis &= sx <= fov.right
     return float((disc & vis).sum() / max(disc.sum(), 1))
 
 

@@ -23,7 +23,7 @@ Coordinates: pixel centres at integers, so a pixel x covers [x - 0.5, x + 0.5].
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -35,10 +35,13 @@ _THUMB = 256  # long side of the coarse thumbnail
 class FOV:
     """A detected field of view.
 
-    ``cx, cy, r``: circle in pixels of the image it was detected on; ``top``/``bottom``:
-    y of a straight horizontal cut edge (``-0.5`` / ``height - 0.5`` = the frame border)
-    or ``None``; ``reason``: why nothing was found (empty when found); ``rms``: RMS
-    residual of the rim points (px); ``n_points``: inlier rim points.
+    ``cx, cy, r``: circle in pixels of the image it was detected on; ``top``/``bottom``
+    (y) and ``left``/``right`` (x): a straight cut edge (``-0.5`` / ``size - 0.5`` = the
+    frame border) or ``None``; ``reason``: why nothing was found (empty when found);
+    ``rms``: RMS residual of the rim points (px); ``n_points``: inlier rim points;
+    ``method``: ``circle`` (a fitted rim circle, possibly with cuts) or ``mask`` (no clean
+    circle: the bright-region fallback, whose outline is ``hull``, an (N, 2) array of
+    x, y points; ``cx, cy, r`` are then its bounding square and the cuts its bounding box).
     """
 
     found: bool
@@ -50,6 +53,10 @@ class FOV:
     reason: str = ""
     rms: float = math.nan
     n_points: int = 0
+    left: float | None = None
+    right: float | None = None
+    method: str = "circle"
+    hull: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def scaled(self, s: float) -> FOV:
         """The same FOV in an image ``s`` times larger (x -> s * (x + 0.5) - 0.5)."""
@@ -59,8 +66,13 @@ class FOV:
         def m(v):
             return None if v is None else s * (v + 0.5) - 0.5
 
+        hull = None if self.hull is None else s * (self.hull + 0.5) - 0.5
         return FOV(True, m(self.cx), m(self.cy), self.r * s, m(self.top), m(self.bottom),
-                   "", self.rms * s, self.n_points)
+                   self.reason, self.rms * s, self.n_points, m(self.left), m(self.right), self.method, hull)
+
+    @property
+    def cuts(self) -> dict:
+        return dict(top=self.top, bottom=self.bottom, left=self.left, right=self.right)
 
 
 def not_found(reason: str) -> FOV:
@@ -174,47 +186,77 @@ def _thumbnail(v: np.ndarray) -> tuple[np.ndarray, int]:
     return cv2.resize(v[: th * k, : tw * k], (tw, th), interpolation=cv2.INTER_AREA), k
 
 
+def _stretch(t: np.ndarray) -> tuple[np.ndarray, float]:
+    """Contrast normalisation of an under-exposed thumbnail before thresholding.
+
+    When the brightest 1 % of the frame stays below 160 (a dark photograph), Otsu's split
+    tends to fall between the dark retina and its few bright structures (optic disc,
+    reflexes), so the retina is taken for background. A gamma-0.5 stretch of
+    [0, p99] to [0, 255] spreads the dark end, where the retina/background split lies.
+    Returns the thumbnail to threshold and ``p99`` (0 when not stretched)."""
+    hist = np.bincount(t.ravel(), minlength=256)
+    p99 = int(np.searchsorted(np.cumsum(hist), 0.99 * t.size))
+    if p99 >= 160 or p99 < 8:
+        return t, 0.0
+    lut = (255 * np.sqrt(np.clip(np.arange(256) / p99, 0, 1))).astype(np.uint8)
+    return cv2.LUT(t, lut), float(p99)
+
+
+def _flat_runs(pts: np.ndarray, axis: int, r_est: float):
+    """Lines (rows for ``axis=1``, columns for ``axis=0``) holding a long run of outline
+    points: a straight cut. A circle's own extreme row is ~2 sqrt(2 r) px long (26 px
+    at r = 85); stay clear of it."""
+    vals, counts = np.unique(pts[:, axis], return_counts=True)
+    return vals[counts > max(0.3 * r_est, 3.0 * math.sqrt(2 * r_est), 8)]
+
+
 def _coarse(t: np.ndarray, k: int):
     """Coarse circle from the thumbnail ``t`` (box factor ``k``), in full-size pixels."""
     th, tw = t.shape
-    otsu, _ = cv2.threshold(t, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    hist = np.bincount(t.ravel(), minlength=256)
+    ts, p99 = _stretch(t)
+    otsu, _ = cv2.threshold(ts, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     o = int(otsu)
+    if p99:  # the split back in the original values
+        o = int(min(255, math.floor(p99 * (o / 255) ** 2)))
+    hist = np.bincount(t.ravel(), minlength=256)
     if hist[o + 1:].sum() == 0 or hist[: o + 1].sum() == 0:
-        return None, "uniform image"
+        return None, "uniform image", None
     bg, fg = _hist_median(hist[: o + 1]), o + 1 + _hist_median(hist[o + 1:])
-    if fg - bg < 12:
-        return None, f"no bright disc on a dark background (contrast {fg - bg:.0f})"
+    if fg - bg < 12 and not (p99 and fg - bg >= 4):
+        return None, f"no bright disc on a dark background (contrast {fg - bg:.0f})", None
     thr = bg + 0.4 * (fg - bg)
     _, mask = cv2.threshold(t, math.floor(thr), 1, cv2.THRESH_BINARY)  # t > thr for uint8 t
     # the outline of the largest bright blob (outer outlines only: holes do not matter)
     contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     if not contours:
-        return None, "no bright region"
-    pts = max(contours, key=cv2.contourArea)[:, 0, :].astype(np.float64)
+        return None, "no bright region", None
+    blob = max(contours, key=cv2.contourArea)
+    pts = blob[:, 0, :].astype(np.float64)
     inside = (pts[:, 0] > 0) & (pts[:, 1] > 0) & (pts[:, 0] < tw - 1) & (pts[:, 1] < th - 1)
     pts = pts[inside]
-    # straight horizontal camera cuts: long runs of outline points on one row; they are
-    # not rim, and they bound where rim points can be
-    r_est = (pts[:, 0].max() - pts[:, 0].min()) / 2 if len(pts) else 0
-    rows, counts = np.unique(pts[:, 1], return_counts=True)
-    # (a circle's own top row is ~2 sqrt(2 r) px long: 26 px at r = 85; stay clear of it)
-    flat = rows[counts > max(0.3 * r_est, 3.0 * math.sqrt(2 * r_est), 8)]
-    ymid = (pts[:, 1].max() + pts[:, 1].min()) / 2 if len(pts) else 0
-    cut_top = cut_bot = None
-    if len(flat):
-        tops, bots = flat[flat < ymid], flat[flat > ymid]
-        if len(tops):
-            cut_top = k * (tops.max() + 1.5)
-            pts = pts[pts[:, 1] > tops.max() + 1]
-        if len(bots):
-            cut_bot = k * (bots.min() - 1.5)
-            pts = pts[pts[:, 1] < bots.min() - 1]
+    # straight camera cuts or a rectangular window: long runs of outline points on one
+    # row or column; they are not rim, and they bound where rim points can be
+    r_est = max(np.ptp(pts[:, 0]), np.ptp(pts[:, 1])) / 2 if len(pts) else 0
+    cuts = dict(top=None, bottom=None, left=None, right=None)
+    if len(pts):
+        for axis, lo, hi in ((1, "top", "bottom"), (0, "left", "right")):
+            flat = _flat_runs(pts, axis, r_est)
+            if not len(flat):
+                continue
+            mid = (pts[:, axis].max() + pts[:, axis].min()) / 2
+            low, high = flat[flat < mid], flat[flat > mid]
+            if len(low):
+                cuts[lo] = k * (low.max() + 1.5)
+                pts = pts[pts[:, axis] > low.max() + 1]
+            if len(high):
+                cuts[hi] = k * (high.min() - 1.5)
+                pts = pts[pts[:, axis] < high.min() - 1]
+    extra = dict(bg=bg, fg=fg, thr=thr, blob=blob, mask=mask, cuts=cuts)
     if len(pts) < 12:
-        return None, "no dark border around the image"
+        return None, "no dark border around the image", extra
     cx, cy, r, keep, _ = robust_circle(pts[:, 0], pts[:, 1], min_tol=1.5)
     # back to full-resolution pixel-centre coordinates
-    return (k * (cx + 0.5) - 0.5, k * (cy + 0.5) - 0.5, r * k, bg, fg, cut_top, cut_bot), ""
+    return (k * (cx + 0.5) - 0.5, k * (cy + 0.5) - 0.5, r * k, bg, fg, cuts), "", extra
 
 
 def _rim_points(v: np.ndarray, cx: float, cy: float, r: float, bg: float, ray_px: float, step: float):
@@ -246,13 +288,24 @@ def _rim_points(v: np.ndarray, cx: float, cy: float, r: float, bg: float, ray_px
     # where the background window leaves the frame, fall back to the global background
     outer = np.where(po.min(axis=1) < 0, np.float32(bg), outer)
     level = 0.5 * (inner + outer)
-    above = prof >= level[:, None]
-    trans = above[:, :-1] & ~above[:, 1:]
-    # the outermost above->below transition: the rim, not a dark vessel inside
-    rev = trans[:, ::-1]
-    j = np.argmax(rev, axis=1)
-    has = rev[np.arange(n_rays), j]
-    last = trans.shape[1] - 1 - j
+    has, last = _outermost_crossing(prof, level)
+    # soft, vignetted rims: the retina darkens towards the rim, so the inside level far
+    # from the edge overshoots and the 50 % crossing lands inside the aperture. Measure
+    # the inside level again just inside the first crossing (1.5-5 % of r in) and take
+    # the crossing at the lower of the two levels (a crisp rim moves by < 0.3 px).
+    a, b = max(2, int(0.05 * r / step)), max(1, int(0.015 * r / step))
+    for _ in range(2):  # the second round starts nearer the edge
+        cols = np.clip(last[:, None] - np.arange(b, a)[None, :], 0, prof.shape[1] - 1)
+        near = _row_median(np.take_along_axis(prof, cols, axis=1))
+        level2 = np.minimum(level, 0.5 * (near + outer))
+        soft = has & (level2 < level - 0.5) & (near - outer >= 8)
+        if not soft.any():
+            break
+        has2, last2 = _outermost_crossing(prof, level2)
+        use = soft & has2
+        last = np.where(use, last2, last)
+        level = np.where(use, level2, level)
+        inner = np.where(use, near, inner)
     ok = has & (inner - outer >= 8) & (inner >= 0)
     idx = np.nonzero(ok)[0]
     k = last[idx]
@@ -266,6 +319,17 @@ def _rim_points(v: np.ndarray, cx: float, cy: float, r: float, bg: float, ray_px
     return x[inframe], y[inframe], th[idx], inner[idx], outer[idx], n_rays
 
 
+def _outermost_crossing(prof: np.ndarray, level: np.ndarray):
+    """Per ray: whether and where (sample index) the profile last falls from >= level to
+    below it: the outermost transition is the rim, not a dark vessel inside."""
+    above = prof >= level[:, None]
+    trans = above[:, :-1] & ~above[:, 1:]
+    rev = trans[:, ::-1]
+    j = np.argmax(rev, axis=1)
+    has = rev[np.arange(len(prof)), j]
+    return has, trans.shape[1] - 1 - j
+
+
 def _row_median(a: np.ndarray) -> np.ndarray:
     """Median of each row of a 2-D float array (same value as ``np.median(a, axis=1)``)."""
     n = a.shape[1]
@@ -276,44 +340,118 @@ def _row_median(a: np.ndarray) -> np.ndarray:
     return 0.5 * (p[:, h - 1] + p[:, h])
 
 
-def _cut_edges(v: np.ndarray, cx: float, cy: float, r: float, inner: float, outer: float):
-    """Straight horizontal cuts: y of the 50 % crossing on a vertical profile through the
-    centre, when it lies clearly inside the circle; -0.5 / h - 0.5 when the frame clips."""
-    h, w = v.shape
-    x0, x1 = int(max(0, cx - 0.15 * r)), int(min(w, cx + 0.15 * r + 1))
-    if x1 <= x0:
+def _profile_cuts(prof: np.ndarray, c: float, r: float, level: float, tol: float):
+    """Cuts on one centre profile ``prof`` (mean across a band through the centre) along
+    an axis where the circle spans ``c - r .. c + r``: the 50 % crossings when they lie
+    clearly inside the circle; the frame border (-0.5 / n - 0.5) when the frame clips."""
+    n = len(prof)
+    above = prof >= level
+    if not above.any():
         return None, None
-    col = v[:, x0:x1].astype(np.float32).mean(axis=1)
+    first = int(np.argmax(above))
+    last = n - 1 - int(np.argmax(above[::-1]))
+    if first == 0:
+        lo = -0.5
+    else:
+        a, b = prof[first - 1], prof[first]
+        lo = first - 1 + (level - a) / max(b - a, 1e-6)
+    if last == n - 1:
+        hi = n - 0.5
+    else:
+        a, b = prof[last], prof[last + 1]
+        hi = last + (a - level) / max(a - b, 1e-6)
+    return (float(lo) if lo > c - r + tol else None), (float(hi) if hi < c + r - tol else None)
+
+
+def _cut_edges(v: np.ndarray, cx: float, cy: float, r: float, inner: float, outer: float) -> dict:
+    """Straight cuts on all four sides: horizontal ones on a vertical profile through the
+    centre, vertical ones (a rectangular window, a frame narrower than the circle) on a
+    horizontal profile."""
+    h, w = v.shape
     level = 0.5 * (inner + outer)
-    tol = max(1.5, 0.006 * r)
-    top = bottom = None
-    above = col >= level
-    if above.any():
-        first = int(np.argmax(above))
-        last = h - 1 - int(np.argmax(above[::-1]))
-        if first == 0:
-            y_top = -0.5
-        else:
-            a, b = col[first - 1], col[first]
-            y_top = first - 1 + (level - a) / max(b - a, 1e-6)
-        if last == h - 1:
-            y_bot = h - 0.5
-        else:
-            a, b = col[last], col[last + 1]
-            y_bot = last + (a - level) / max(a - b, 1e-6)
-        if y_top > cy - r + tol:
-            top = float(y_top)
-        if y_bot < cy + r - tol:
-            bottom = float(y_bot)
-    return top, bottom
+    tol = max(2.0, 0.02 * r)  # a cut lies clearly inside; a soft rim's crossing does not
+    out = dict(top=None, bottom=None, left=None, right=None)
+    x0, x1 = int(max(0, cx - 0.15 * r)), int(min(w, cx + 0.15 * r + 1))
+    if x1 > x0:
+        out["top"], out["bottom"] = _profile_cuts(v[:, x0:x1].mean(axis=1, dtype=np.float32), cy, r, level, tol)
+    y0, y1 = int(max(0, cy - 0.15 * r)), int(min(h, cy + 0.15 * r + 1))
+    if y1 > y0:
+        out["left"], out["right"] = _profile_cuts(v[y0:y1].mean(axis=0, dtype=np.float32), cx, r, level, tol)
+    return out
 
 
-def detect_fov(img: np.ndarray) -> FOV:
-    """Detect the circular field of view of a fundus photograph.
+def _looks_like_retina(img: np.ndarray, sel: np.ndarray) -> tuple[bool, str]:
+    """Colour test of a bright region (thumbnail pixels ``sel`` of ``img``): a colour
+    fundus photograph is red-dominant (red > green > blue over most of the field, also
+    with a colour cast or under exposure). Grayscale frames cannot be told apart from
+    any other grey picture and do not qualify."""
+    if img.ndim == 2 or img.shape[2] < 3:
+        return False, "grayscale"
+    px = img[sel][:, :3].astype(np.int16)
+    if len(px) < 100:
+        return False, "too few pixels"
+    r_, g_, b_ = px[:, 0], px[:, 1], px[:, 2]
+    red = float(np.mean((r_ > g_ + 8) & (g_ >= b_ - 8)))
+    gm = float(np.median(g_) + 1)
+    ratio = float((np.median(r_) + 1) / gm)
+    ok = red > 0.8 and ratio > 1.3
+    return ok, f"{red:.0%} red-dominant, red/green {ratio:.2f}"
+
+
+def _mask_fallback(img: np.ndarray, thumb: np.ndarray, k: int, extra: dict, why: str) -> FOV:
+    """The bright region as the field of view, when no clean circle fits.
+
+    Taken only when the frame clearly holds retina: one large, convex bright region
+    (>= 35 % of the frame, solidity >= 0.95) of red-dominant colour, with a dark surround
+    wherever the region does not reach the frame border. Otherwise the circle's reason
+    stands (``no field of view``)."""
+    th, tw = thumb.shape
+    blob = extra["blob"]
+    area = cv2.contourArea(blob)
+    hull = cv2.convexHull(blob)
+    harea = max(cv2.contourArea(hull), 1.0)
+    frac, solidity = harea / (th * tw), area / harea
+    if frac < 0.35 or solidity < 0.95:
+        return not_found(f"{why}; no fallback: bright region {frac:.0%} of the frame, solidity {solidity:.2f}")
+    region = np.zeros_like(thumb)
+    cv2.fillPoly(region, [hull], 1)
+    outside = (region == 0)
+    n_out = int(outside.sum())
+    if n_out > 0.01 * thumb.size:
+        bright = float(np.count_nonzero(thumb[outside] > extra["thr"]) / n_out)
+        if bright > 0.05:
+            return not_found(f"{why}; no fallback: surround not dark ({bright:.0%} bright)")
+    small = img
+    if k > 1:
+        hh, ww = th * k, tw * k
+        small = cv2.resize(np.ascontiguousarray(img[:hh, :ww]), (tw, th), interpolation=cv2.INTER_AREA)
+    inside = cv2.erode(region, np.ones((5, 5), np.uint8)) > 0
+    ok, colour = _looks_like_retina(small, inside)
+    if not ok:
+        return not_found(f"{why}; no fallback: not a colour fundus photograph ({colour})")
+    hp = hull[:, 0, :].astype(np.float64)
+    # thumbnail pixel edges -> full-size pixel-centre coordinates
+    x0, y0 = k * hp[:, 0].min() - 0.5, k * hp[:, 1].min() - 0.5
+    x1, y1 = k * (hp[:, 0].max() + 1) - 0.5, k * (hp[:, 1].max() + 1) - 0.5
+    h, w = img.shape[:2]
+    if x1 >= k * tw - 0.5 - k:
+        x1 = w - 0.5
+    if y1 >= k * th - 0.5 - k:
+        y1 = h - 0.5
+    pts = np.column_stack([k * (hp[:, 0] + 0.5) - 0.5, k * (hp[:, 1] + 0.5) - 0.5])
+    cx, cy, r = (x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, y1 - y0) / 2
+    return FOV(True, cx, cy, r, y0, y1, f"field of view from the bright region ({why.removeprefix('no field of view: ')})",
+               math.nan, len(pts), x0, x1, "mask", pts)
+
+
+def detect_fov(img: np.ndarray, fallback: bool = True) -> FOV:
+    """Detect the field of view of a fundus photograph.
 
     ``img``: HxW or HxWxC uint8 array (RGB, grayscale, any brightness). Returns a
-    :class:`FOV` in this image's pixel coordinates, or ``FOV(found=False, reason=...)``
-    when there is no bright disc on a dark background with a circular rim.
+    :class:`FOV` in this image's pixel coordinates: a fitted circle with its straight cuts
+    (``method='circle'``); when no clean circle fits but the frame clearly holds a colour
+    fundus photograph and ``fallback``, the bright-region outline (``method='mask'``,
+    ``reason`` says why no circle); otherwise ``FOV(found=False, reason=...)``.
     """
     if img.dtype != np.uint8:
         raise TypeError(f"detect_fov expects uint8, got {img.dtype}")
@@ -322,21 +460,38 @@ def detect_fov(img: np.ndarray) -> FOV:
     if min(h, w) < 32:
         return not_found(f"image too small ({w}x{h})")
     thumb, k = _thumbnail(v)
-    coarse, why = _coarse(thumb, k)
+    coarse, why, extra = _coarse(thumb, k)
+    fov = _fit(v, thumb, k, coarse, why, extra)
+    if fov.found or not fallback or extra is None:
+        return fov
+    return _mask_fallback(img, thumb, k, extra, fov.reason)
+
+
+def _fit(v, thumb, k, coarse, why, extra) -> FOV:
+    h, w = v.shape
     if coarse is None:
         return not_found(why)
-    cx, cy, r, bg, fg, cut_top, cut_bot = coarse
+    cx, cy, r, bg, fg, ccuts = coarse
     if not (0.15 * min(h, w) <= r <= 0.75 * math.hypot(h, w)) or not (0 <= cx < w and 0 <= cy < h):
         return not_found(f"implausible circle (centre {cx:.0f},{cy:.0f}, radius {r:.0f} in {w}x{h})")
     vf = v.astype(np.float32)
+    gain = 1.0
+    if fg < 100:  # under-exposed: normalise contrast (the absolute floors below assume it)
+        gain = min(100.0 / max(fg, 1.0), 8.0)
+        vf *= gain
+        bg *= gain
     # a quick pass re-centres the rays, the fine pass measures
     for ray_px, step in ((8.0, 1.0), (3.0, 0.5)):
         x, y, th, inner, outer, n_rays = _rim_points(vf, cx, cy, r, bg, ray_px, step)
         sel = np.ones(len(x), bool)  # rays ending on a camera cut are not rim
-        if cut_top is not None:
-            sel &= y > cut_top
-        if cut_bot is not None:
-            sel &= y < cut_bot
+        if ccuts["top"] is not None:
+            sel &= y > ccuts["top"]
+        if ccuts["bottom"] is not None:
+            sel &= y < ccuts["bottom"]
+        if ccuts["left"] is not None:
+            sel &= x > ccuts["left"]
+        if ccuts["right"] is not None:
+            sel &= x < ccuts["right"]
         x, y, th, inner, outer = x[sel], y[sel], th[sel], inner[sel], outer[sel]
         if len(x) < 24:
             return not_found(f"rim not found ({len(x)} rim points)")
@@ -351,7 +506,7 @@ def detect_fov(img: np.ndarray) -> FOV:
     if rms > max(1.0, 0.01 * r):
         return not_found(f"rim not circular (residual {rms:.1f} px at radius {r:.0f})")
     if med_out > 0.4 * med_in or med_in - med_out < 10:
-        return not_found(f"background not dark (outside {med_out:.0f}, inside {med_in:.0f})")
+        return not_found(f"background not dark (outside {med_out / gain:.0f}, inside {med_in / gain:.0f})")
     if not (0.15 * min(h, w) <= r <= 0.75 * math.hypot(h, w)):
         return not_found(f"implausible radius {r:.0f} in {w}x{h}")
     # the whole surround, not only the rim, must be dark: a round object (a cup, a plate)
@@ -362,8 +517,8 @@ def detect_fov(img: np.ndarray) -> FOV:
     outside = (xx - tcx) ** 2 + (yy - tcy) ** 2 > (1.04 * tr) ** 2
     n_out = int(outside.sum())
     if n_out > 0.02 * thumb.size:
-        bright = float(np.count_nonzero(thumb[outside] > 0.5 * (med_in + med_out)) / n_out)
+        bright = float(np.count_nonzero(thumb[outside] * gain > 0.5 * (med_in + med_out)) / n_out)
         if bright > 0.15:
             return not_found(f"surround not dark ({bright:.0%} of the area outside the circle is bright)")
-    top, bottom = _cut_edges(v, cx, cy, r, med_in, med_out)
-    return FOV(True, cx, cy, r, top, bottom, "", rms, n_in)
+    cuts = _cut_edges(vf, cx, cy, r, med_in, med_out)
+    return FOV(True, cx, cy, r, cuts["top"], cuts["bottom"], "", rms, n_in, cuts["left"], cuts["right"], "circle")

@@ -30,10 +30,11 @@ from fundusfm.fileio import write_csv, write_text
 log = logging.getLogger(__name__)
 
 # Bump when the algorithm changes what it writes: cached results of older code are redone.
-ALGORITHM_VERSION = "2"  # 2: OpenCV decode, area+affine resize
+ALGORITHM_VERSION = "3"  # 2: OpenCV decode, area+affine resize; 3: cuts on 4 sides, mask fallback, new sharpness
 
 QC_COLUMNS = ["image_id", "path", "status", "reason", "quality", *SCORES,
-              "fov_cx", "fov_cy", "fov_r", "fov_top", "fov_bottom", "width", "height", "processed_path"]
+              "fov_cx", "fov_cy", "fov_r", "fov_top", "fov_bottom", "fov_left", "fov_right", "fov_method",
+              "width", "height", "processed_path"]
 
 
 class TooManyRejects(RuntimeError):
@@ -141,7 +142,8 @@ def _process(path, spec: PreprocessSpec, row: dict) -> tuple[dict, np.ndarray | 
         side = math.ceil(need * min(dec.width, dec.height) / (2 * fov.r))
         dec = read_image(path, min_side=side, max_pixels=spec.max_pixels)
         fov_d = fov.scaled(1 / dec.scale)
-    row.update(fov_cx=_r(fov.cx), fov_cy=_r(fov.cy), fov_r=_r(fov.r), fov_top=_r(fov.top), fov_bottom=_r(fov.bottom))
+    row.update(fov_cx=_r(fov.cx), fov_cy=_r(fov.cy), fov_r=_r(fov.r), fov_top=_r(fov.top), fov_bottom=_r(fov.bottom),
+               fov_left=_r(fov.left), fov_right=_r(fov.right), fov_method=fov.method)
     size = int(spec.size)
     img = _crop.crop_resize(dec.image, fov_d, size)
     mask = _crop.fov_mask(fov_d, size)
@@ -150,6 +152,8 @@ def _process(path, spec: PreprocessSpec, row: dict) -> tuple[dict, np.ndarray | 
     coverage = _crop.frame_coverage(fov_d, w_d, h_d)
     scores = quality_scores(img, mask, coverage)
     q, reasons = grade(scores, spec.thresholds)
+    if fov.method != "circle":  # the fallback is recorded, and shown in the gallery
+        reasons = [fov_d.reason, *reasons]
     row.update(scores)
     row.update(quality=q, reason="; ".join(reasons))
     if q == "reject":
