@@ -22,7 +22,14 @@ the full-resolution original), or reads the peer benchmark's set with ``--images
 - the load average next to each section (``os.getloadavg``): on a shared machine the wall
   clock figures move with it.
 
+- with ``--baseline REV`` (e.g. ``main``): the same per-core figures of the code at git
+  revision REV (``git archive`` of its ``src/`` into a temporary folder, run in a child
+  process on the same core), alternating with this tree's code ``--rounds`` times in the
+  same run, and the ratio this/baseline of each round (issue 15: the better FOV fallback
+  and blur measure may cost at most 10 %).
+
     python benchmarks/preprocess.py [--images DIR] [--formats jpg,png] [--workers 1,2]
+    python benchmarks/preprocess.py --baseline main --rounds 3 --formats png --workers ''
 """
 
 from __future__ import annotations
@@ -166,6 +173,51 @@ def scaling(entries, folder: Path, spec, workers: list[int], n_images: int, tmp:
     return big["name"], res
 
 
+def compare_baseline(a, entries, folder: Path, tmp: Path, cpu) -> None:
+    """This tree beside git revision ``a.baseline`` on the 4288x2848 image, alternating."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    base = tmp / "baseline"
+    base.mkdir()
+    arch = subprocess.run(["git", "-C", str(root), "archive", a.baseline, "src"], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(base)], input=arch, check=True)
+    big = [e for e in entries if e["w"] == 4288 and e["h"] == 2848][0]["name"]
+    fmt = a.formats.split(",")[0]
+    images = ["--images", str(folder)] if a.images else []
+    if not a.images:  # the child reads the same files
+        (folder / "truth.json").write_text(json.dumps({"images": entries}))
+        images = ["--images", str(folder)]
+
+    def child(pythonpath: Path) -> dict:
+        cmd = [sys.executable, str(Path(__file__).resolve()), *images, "--only", big, "--formats", fmt,
+               "--runs", str(a.runs), "--repeats", str(a.repeats), "--size", str(a.size),
+               "--normalise", a.normalise, "--workers", ""]
+        if cpu is not None:
+            cmd += ["--cpu", str(cpu)]
+        env = dict(os.environ, PYTHONPATH=str(pythonpath))
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+        return json.loads(out.strip().splitlines()[-1])
+
+    print(f"this tree vs {a.baseline} on {big}, {fmt} output, per core (CPU {cpu}); "
+          f"{a.rounds} alternating rounds of {a.runs} runs x {a.repeats} images  {load()}")
+    print(f"{'round':>5s} {'this med':>8s} {'cpu':>6s} {'base med':>8s} {'cpu':>6s} {'floor med':>9s} | "
+          f"{'this/base':>9s} {'(cpu)':>6s} {'this/floor':>10s} {'(cpu)':>6s} | this ce/re  base ce/re")
+    ratios = []
+    for i in range(a.rounds):
+        new = child(root / "src")
+        old = child(base / "src")
+        x, o, f = new["res"], old["res"], new["floor"]
+        ratios.append((x["median"] / o["median"], x["cpu"] / o["cpu"], x["median"] / f["median"], x["cpu"] / f["cpu"]))
+        print(f"{i:5d} {x['median']:8.1f} {x['cpu']:6.1f} {o['median']:8.1f} {o['cpu']:6.1f} {f['median']:9.1f} | "
+              f"{ratios[-1][0]:9.3f} {ratios[-1][1]:6.3f} {ratios[-1][2]:10.3f} {ratios[-1][3]:6.3f} | "
+              f"{new['ce']:.2f}/{new['re']:+.3f}%  {old['ce']:.2f}/{old['re']:+.3f}%")
+    med = [statistics.median(r[j] for r in ratios) for j in range(4)]
+    print(f"median ratios: this/{a.baseline} {med[0]:.3f} (cpu {med[1]:.3f}); this/floor {med[2]:.3f} "
+          f"(cpu {med[3]:.3f})  {load()}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", help="use this set (DIR/truth.json as written by the peer benchmark)")
@@ -179,6 +231,9 @@ def main():
     ap.add_argument("--workers", default="1,2", help="comma list of worker counts for the scaling run ('' = skip)")
     ap.add_argument("--scaling-images", type=int, default=64)
     ap.add_argument("--json", help="also write the figures here")
+    ap.add_argument("--baseline", help="git revision to time beside this tree (per core, 4288x2848 only)")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating this/baseline rounds with --baseline")
+    ap.add_argument("--only", help=argparse.SUPPRESS)  # child mode: time only this image, print JSON
     a = ap.parse_args()
 
     from fundusfm.preprocess.pipeline import PreprocessSpec, init_worker
@@ -195,6 +250,17 @@ def main():
     else:
         folder = tmp
         entries = build_set(tmp)
+    if a.only:  # child of --baseline: one image, figures as JSON on the last line
+        e = [x for x in entries if x["name"] == a.only]
+        spec = PreprocessSpec(format=a.formats.split(",")[0], normalise=a.normalise, size=a.size)
+        r = per_core(e, folder, spec, a.runs, a.repeats, tmp)[0]
+        shutil.rmtree(tmp, ignore_errors=True)
+        print(json.dumps(r, default=float))
+        return
+    if a.baseline:
+        compare_baseline(a, entries, folder, tmp, cpu)
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
     report = dict(cpu=cpu, tuned_allocator=not a.no_tune, runs=a.runs, repeats=a.repeats, results=[])
     print(f"per core: pinned to CPU {cpu}, 1 thread, allocator {'default' if a.no_tune else 'tuned (init_worker)'}; "
           f"{a.runs} runs x {a.repeats} images each; size {a.size}, normalise {a.normalise}")

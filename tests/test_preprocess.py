@@ -226,3 +226,43 @@ def test_crop_resize_centres_a_subpixel_disc(diam):
     assert (xs * out).sum() / m == pytest.approx(127.5, abs=0.15)
     assert (ys * out).sum() / m == pytest.approx(127.5, abs=0.15)
     assert m / 200 == pytest.approx(np.pi * 128 ** 2, rel=0.01)  # the disc fills the square
+
+
+def test_hard_cases_are_kept_and_rejects_shown_in_gallery(tmp_path):
+    """The issue-15 development set through the stage: every hard real-photo case is kept
+    (the rectangular one through the bright-region fallback, recorded in fov_method), a
+    heavily blurred photo and non-fundus frames are rejected, and the gallery has one row
+    per fallback / reject reason."""
+    import cv2
+
+    import fov_cases
+    from fundusfm.preprocess.gallery import reason_group
+
+    paths = []
+    for name in fov_cases.CASES:
+        img, _ = fov_cases.make_case(name, 400)
+        p = tmp_path / f"{name}.jpg"
+        Image.fromarray(img).save(p, quality=90)
+        paths.append((name, str(p)))
+    frame = np.asarray(fundus_on_frame(1024, 1024, 980))
+    Image.fromarray(cv2.GaussianBlur(frame, (0, 0), 25)).save(tmp_path / "blur25.jpg", quality=90)
+    Image.fromarray(data.coffee()).save(tmp_path / "coffee.jpg")
+    Image.fromarray(np.full((500, 700, 3), 252, np.uint8)).save(tmp_path / "blank.png")
+    paths += [(n, str(tmp_path / f)) for n, f in (("blur25", "blur25.jpg"), ("coffee", "coffee.jpg"),
+                                                   ("blank", "blank.png"))]
+    qc = preprocess_many(paths, tmp_path / "out", progress=False).set_index("image_id")
+    for name in fov_cases.CASES:
+        assert qc.loc[name, "status"] == "ok", (name, qc.loc[name, "reason"])
+    assert qc.loc["rectangle", "fov_method"] == "mask"
+    assert "bright region" in qc.loc["rectangle", "reason"]
+    assert (qc.loc[["vignetted", "underexposed", "inscribed", "window"], "fov_method"] == "circle").all()
+    assert qc.loc["window", "fov_left"] > 0 and qc.loc["window", "fov_right"] < 400
+    assert qc.loc["blur25", "status"] == "rejected" and "blurred" in qc.loc["blur25", "reason"]
+    for n in ("coffee", "blank"):
+        assert qc.loc[n, "status"] == "rejected" and qc.loc[n, "reason"].startswith("no field of view")
+    groups = {reason_group(r) for r in qc.reset_index().to_dict("records")}
+    assert any(g.endswith(": fallback: bright-region mask") for g in groups), groups
+    assert any(g.startswith("rejected: blurred") for g in groups)
+    assert any(g.startswith("rejected: no field of view: ") for g in groups)
+    out = make_gallery(qc.reset_index(), tmp_path / "g.png", tile=64)
+    assert Image.open(out).size[1] >= 3 * 64

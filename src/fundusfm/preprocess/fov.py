@@ -406,6 +406,7 @@ def _mask_fallback(img: np.ndarray, thumb: np.ndarray, k: int, extra: dict, why:
     wherever the region does not reach the frame border. Otherwise the circle's reason
     stands (``no field of view``)."""
     th, tw = thumb.shape
+    why = why.removeprefix("no field of view: ")
     blob = extra["blob"]
     area = cv2.contourArea(blob)
     hull = cv2.convexHull(blob)
@@ -440,7 +441,7 @@ def _mask_fallback(img: np.ndarray, thumb: np.ndarray, k: int, extra: dict, why:
         y1 = h - 0.5
     pts = np.column_stack([k * (hp[:, 0] + 0.5) - 0.5, k * (hp[:, 1] + 0.5) - 0.5])
     cx, cy, r = (x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, y1 - y0) / 2
-    return FOV(True, cx, cy, r, y0, y1, f"field of view from the bright region ({why.removeprefix('no field of view: ')})",
+    return FOV(True, cx, cy, r, y0, y1, f"field of view from the bright region ({why})",
                math.nan, len(pts), x0, x1, "mask", pts)
 
 

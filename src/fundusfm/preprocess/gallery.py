@@ -1,5 +1,7 @@
-"""QC gallery: a contact sheet of rejected and borderline images, grouped by reason, with
-the detected field of view drawn, so a person can check the QC decisions in seconds."""
+"""QC gallery: a contact sheet of rejected and borderline images and of every field of view
+found by the bright-region fallback, grouped by reason, with the detected field of view
+drawn (circle in green, straight cuts as green lines; the fallback's bounding box in orange),
+so a person can check the QC decisions in seconds."""
 
 from __future__ import annotations
 
@@ -18,12 +20,15 @@ log = logging.getLogger(__name__)
 
 def reason_group(row) -> str:
     """Short group name of a QC row: status plus the first reason without its numbers."""
-    if row["status"] == "ok" and row.get("quality") == "good":
+    fallback = str(row.get("fov_method") or "") == "mask"
+    if row["status"] == "ok" and row.get("quality") == "good" and not fallback:
         return "good"
     reason = str(row.get("reason") or "")
     first = reason.split(";")[0].strip()
     first = re.sub(r"\s*\(.*$", "", first)  # drop the measured value
-    first = re.sub(r"^no field of view:.*", "no field of view", first)
+    # the first cause of a missing field of view (rim not circular, surround not dark, ...)
+    first = re.sub(r"^no field of view: ([^(;]*).*", r"no field of view: \1", first).strip()
+    first = re.sub(r"^field of view from the bright region.*", "fallback: bright-region mask", first)
     if row["status"] == "error":
         return "error"
     tag = "rejected" if row["status"] == "rejected" else (row.get("quality") or "ok")
@@ -54,22 +59,45 @@ def _thumb(row, root: Path | None, tile: int) -> Image.Image:
     if all(math.isfinite(v) for v in (cx, cy, r)):
         k = tile / max(dec.width, dec.height)
         d = ImageDraw.Draw(canvas)
-        d.ellipse([ox + (cx - r) * k, oy + (cy - r) * k, ox + (cx + r) * k, oy + (cy + r) * k],
-                  outline=(0, 255, 0), width=2)
+
+        def cut(key):
+            try:
+                v = float(row.get(key))
+            except (TypeError, ValueError):
+                return None
+            return v if math.isfinite(v) else None
+        top, bottom, left, right = (cut(f"fov_{c}") for c in ("top", "bottom", "left", "right"))
+        if str(row.get("fov_method") or "") == "mask":
+            box = [left if left is not None else cx - r, top if top is not None else cy - r,
+                   right if right is not None else cx + r, bottom if bottom is not None else cy + r]
+            d.rectangle([ox + box[0] * k, oy + box[1] * k, ox + box[2] * k, oy + box[3] * k],
+                        outline=(255, 150, 0), width=2)
+        else:
+            d.ellipse([ox + (cx - r) * k, oy + (cy - r) * k, ox + (cx + r) * k, oy + (cy + r) * k],
+                      outline=(0, 255, 0), width=2)
+            for y in (top, bottom):
+                if y is not None:
+                    d.line([(ox + (cx - r) * k, oy + y * k), (ox + (cx + r) * k, oy + y * k)], fill=(0, 255, 0), width=1)
+            for x in (left, right):
+                if x is not None:
+                    d.line([(ox + x * k, oy + (cy - r) * k), (ox + x * k, oy + (cy + r) * k)], fill=(0, 255, 0), width=1)
     return canvas
 
 
 def make_gallery(qc: pd.DataFrame, out_png: str | Path, root: str | Path | None = None,
                  per_group: int = 12, tile: int = 160, include_usable: bool = True) -> Path:
-    """Write a contact sheet of the rejected, error and (if ``include_usable``) usable rows
-    of the QC table ``qc``, one row of up to ``per_group`` tiles per reason, the detected
-    FOV circle in green; ``root`` resolves relative paths. Returns the PNG path."""
+    """Write a contact sheet of the rejected, error, bright-region fallback and (if
+    ``include_usable``) usable rows of the QC table ``qc``, one row of up to ``per_group``
+    tiles per reason (each reject reason and each fallback its own row), the detected FOV
+    drawn; ``root`` resolves relative paths. Returns the PNG path."""
     from PIL import ImageFont
 
     font = ImageFont.load_default()
     qc = qc.copy()
     qc["_group"] = [reason_group(r) for r in qc.to_dict("records")]
     keep = qc["status"].isin(["rejected", "error"])
+    if "fov_method" in qc.columns:
+        keep |= qc["fov_method"].astype(str).eq("mask")
     if include_usable:
         keep |= qc["quality"].eq("usable")
     sel = qc[keep]
