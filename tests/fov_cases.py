@@ -7,10 +7,13 @@ transform:
 
 - ``vignetted``: CHASE_DB1-style, a dark rim fading softly into a noisy, not-black
   background (radial fall-off to 25 % at the rim, edge blurred by 1.2 % of the radius);
-- ``underexposed``: 3 stops under (linear light / 8) with peripheral fall-off and sensor
-  noise, in a 1620x1080 frame whose field spans the frame height;
-- ``inscribed``: PALM-style, dark (x0.35), circle nearly inscribed in a square frame
-  (1 px from each side);
+- ``underexposed``: 3 stops under (pixel values / 8) with a peripheral fall-off to 30 %
+  and sensor noise, the optic disc left bright (exposure set on it), in a 1620x1080 frame
+  whose field spans the frame height (clipped at the top): the code before issue 15 took
+  the disc for the field ("implausible circle ... radius 63");
+- ``inscribed``: PALM-style, dark (x0.3) with a vignetted, soft rim (fall-off to 40 %,
+  edge blurred by 0.6 % of r), circle nearly inscribed in a square frame (2 px from each
+  side);
 - ``window``: a scanned film slide, the circle clipped by a rectangular window on the left,
   right and top, an orange colour cast and a dark shadow on one side;
 - ``rectangle``: DrimDB-style, the photo fills the frame and only the four corners are
@@ -39,8 +42,8 @@ CASES = ("vignetted", "underexposed", "inscribed", "window", "rectangle")
 # frame (w, h), FOV diameter, offset of the FOV centre from the frame centre
 _GEOM = {
     "vignetted": ((999, 960), 850, (-6, 4)),
-    "underexposed": ((1620, 1080), 1040, (10, 0)),
-    "inscribed": ((1000, 1000), 998, (0, 0)),
+    "underexposed": ((1620, 1080), 1060, (-70, -30)),
+    "inscribed": ((1000, 1000), 996, (0, 0)),
     "window": ((1100, 900), 900, (0, 60)),
     "rectangle": ((760, 570), 900, (0, 0)),
 }
@@ -104,10 +107,13 @@ def make_full(name: str, seed: int = 0):
         f = img.astype(np.float32) * fall * soft  # the rim fades over ~2 % of the radius
         f = f + 10 + rng.normal(0, 2.5, f.shape).astype(np.float32)  # not-black, noisy background
     elif name == "underexposed":
-        lin = (f / 255) ** 2.2 / 8 * (1 - 0.7 * np.clip(d / r, 0, 1) ** 2)
-        f = 255 * lin ** (1 / 2.2) + 5 + rng.normal(0, 2.0, f.shape).astype(np.float32)
+        disc = cv2.GaussianBlur((f[..., 1] > 140).astype(np.float32), (0, 0), 6)[..., None]
+        under = f / 8 * (1 - 0.7 * np.clip(d / r, 0, 1) ** 2)
+        f = under * (1 - disc) + 0.8 * f * disc + 3 + rng.normal(0, 2.0, f.shape).astype(np.float32)
     elif name == "inscribed":
-        f = f * 0.35 + rng.normal(0, 1.0, f.shape).astype(np.float32)
+        fall = 1 - 0.6 * np.clip((d / r - 0.6) / 0.4, 0, 1) ** 1.5
+        soft = cv2.GaussianBlur(np.clip(r + 0.5 - d[..., 0], 0, 1), (0, 0), 0.006 * r)[..., None]
+        f = img.astype(np.float32) * 0.3 * fall * soft + 6 + rng.normal(0, 2.0, f.shape).astype(np.float32)
     elif name == "window":
         f = f * np.array([1.0, 0.72, 0.45], np.float32) + np.array([30, 12, 0], np.float32) * m
         xx = np.arange(w, dtype=np.float32)[None, :, None]

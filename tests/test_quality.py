@@ -80,9 +80,11 @@ def test_sharpness_does_not_depend_on_brightness(frame1024):
 
 
 def test_under_exposure_grows_with_darkening(retina):
-    s = [scores_of((retina * g).astype(np.uint8))["under_exposed"] for g in (1.0, 0.2, 0.14, 0.11)]
+    s = [scores_of((retina * g).astype(np.uint8))["under_exposed"] for g in (1.0, 0.1, 0.07, 0.05)]
     assert all(a < b for a, b in zip(s, s[1:])), s
-    assert grade(scores_of((retina * 0.1).astype(np.uint8)))[0] == "reject"
+    assert grade(scores_of((retina * 0.04).astype(np.uint8)))[0] == "reject"
+    # 3 stops under is dark but gradable: not rejected
+    assert grade(scores_of((retina * 0.125).astype(np.uint8)))[0] != "reject"
 
 
 def test_over_exposure_grows_with_gain(retina):

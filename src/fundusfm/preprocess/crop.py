@@ -19,13 +19,15 @@ NORMALISATIONS = ("none", "ben_graham", "clahe")
 
 
 def square_box(fov: FOV) -> tuple[float, float, float, float]:
-    """The FOV's bounding square as (left, top, right, bottom) pixel *edges*."""
-    return (fov.cx + 0.5 - fov.r, fov.cy + 0.5 - fov.r, fov.cx + 0.5 + fov.r, fov.cy + 0.5 + fov.r)
+    """The FOV's bounding square (``fov.square``) as (left, top, right, bottom) pixel *edges*."""
+    cx, cy, r = fov.square
+    return (cx + 0.5 - r, cy + 0.5 - r, cx + 0.5 + r, cy + 0.5 + r)
 
 
 def to_output_y(y: float, fov: FOV, size: int) -> float:
     """Map a y (pixel-centre coordinates) of the source image into the output square."""
-    return (y + 0.5 - (fov.cy + 0.5 - fov.r)) * size / (2 * fov.r) - 0.5
+    _, cy, r = fov.square
+    return (y + 0.5 - (cy + 0.5 - r)) * size / (2 * r) - 0.5
 
 
 def crop_resize(image: np.ndarray | Image.Image, fov: FOV, size: int) -> np.ndarray:
@@ -42,16 +44,17 @@ def crop_resize(image: np.ndarray | Image.Image, fov: FOV, size: int) -> np.ndar
     if a.ndim == 2:
         a = cv2.cvtColor(a, cv2.COLOR_GRAY2RGB)
     h, w = a.shape[:2]
-    s = 2 * fov.r / size
+    fcx, fcy, fr = fov.square
+    s = 2 * fr / size
     # source x of output pixel u (pixel centres at integers): x = s * u + x_off
-    x_off, y_off = fov.cx - fov.r + 0.5 * s, fov.cy - fov.r + 0.5 * s
+    x_off, y_off = fcx - fr + 0.5 * s, fcy - fr + 0.5 * s
     k = int(s) if s >= 2 else 1
     if k > 1:
         # integer-aligned window around the square (clipped to the frame), box-reduced by k
-        x0 = max(0, math.floor(fov.cx - fov.r) - k)
-        y0 = max(0, math.floor(fov.cy - fov.r) - k)
-        x1 = min(w, math.ceil(fov.cx + fov.r) + 2 * k)
-        y1 = min(h, math.ceil(fov.cy + fov.r) + 2 * k)
+        x0 = max(0, math.floor(fcx - fr) - k)
+        y0 = max(0, math.floor(fcy - fr) - k)
+        x1 = min(w, math.ceil(fcx + fr) + 2 * k)
+        y1 = min(h, math.ceil(fcy + fr) + 2 * k)
         nw, nh = (x1 - x0) // k, (y1 - y0) // k
         if nw >= 2 and nh >= 2:
             a = cv2.resize(a[y0:y0 + nh * k, x0:x0 + nw * k], (nw, nh), interpolation=cv2.INTER_AREA)
@@ -85,7 +88,8 @@ def _circle_weights3(size: int) -> np.ndarray:
 
 def to_output_x(x: float, fov: FOV, size: int) -> float:
     """Map an x (pixel-centre coordinates) of the source image into the output square."""
-    return (x + 0.5 - (fov.cx + 0.5 - fov.r)) * size / (2 * fov.r) - 0.5
+    cx, _, r = fov.square
+    return (x + 0.5 - (cx + 0.5 - r)) * size / (2 * r) - 0.5
 
 
 def fov_mask(fov: FOV, size: int) -> np.ndarray:

@@ -71,6 +71,15 @@ class FOV:
                    self.reason, self.rms * s, self.n_points, m(self.left), m(self.right), self.method, hull)
 
     @property
+    def square(self) -> tuple[float, float, float]:
+        """(cx, cy, half side) of the square the output is cropped to: the circle's
+        bounding square, or for the bright-region fallback the bounding box's square."""
+        if self.method == "mask" and None not in (self.left, self.right, self.top, self.bottom):
+            return ((self.left + self.right) / 2, (self.top + self.bottom) / 2,
+                    max(self.right - self.left, self.bottom - self.top) / 2)
+        return self.cx, self.cy, self.r
+
+    @property
     def cuts(self) -> dict:
         return dict(top=self.top, bottom=self.bottom, left=self.left, right=self.right)
 
@@ -256,7 +265,9 @@ def _coarse(t: np.ndarray, k: int):
         return None, "no dark border around the image", extra
     cx, cy, r, keep, _ = robust_circle(pts[:, 0], pts[:, 1], min_tol=1.5)
     # back to full-resolution pixel-centre coordinates
-    return (k * (cx + 0.5) - 0.5, k * (cy + 0.5) - 0.5, r * k, bg, fg, cuts), "", extra
+    cx, cy, r = k * (cx + 0.5) - 0.5, k * (cy + 0.5) - 0.5, r * k
+    extra["coarse"] = (cx, cy, r, bg)
+    return (cx, cy, r, bg, fg, cuts), "", extra
 
 
 def _rim_points(v: np.ndarray, cx: float, cy: float, r: float, bg: float, ray_px: float, step: float):
@@ -391,14 +402,15 @@ def _looks_like_retina(img: np.ndarray, sel: np.ndarray) -> tuple[bool, str]:
     if len(px) < 100:
         return False, "too few pixels"
     r_, g_, b_ = px[:, 0], px[:, 1], px[:, 2]
-    red = float(np.mean((r_ > g_ + 8) & (g_ >= b_ - 8)))
+    # relative margins: a dark photo (red 20, green 8) is as red-dominant as a bright one
+    red = float(np.mean((r_ > 1.15 * g_ + 2) & (g_ >= 0.8 * b_ - 4)))
     gm = float(np.median(g_) + 1)
     ratio = float((np.median(r_) + 1) / gm)
     ok = red > 0.8 and ratio > 1.3
     return ok, f"{red:.0%} red-dominant, red/green {ratio:.2f}"
 
 
-def _mask_fallback(img: np.ndarray, thumb: np.ndarray, k: int, extra: dict, why: str) -> FOV:
+def _mask_fallback(img: np.ndarray, v: np.ndarray, thumb: np.ndarray, k: int, extra: dict, why: str) -> FOV:
     """The bright region as the field of view, when no clean circle fits.
 
     Taken only when the frame clearly holds retina: one large, convex bright region
@@ -432,17 +444,46 @@ def _mask_fallback(img: np.ndarray, thumb: np.ndarray, k: int, extra: dict, why:
         return not_found(f"{why}; no fallback: not a colour fundus photograph ({colour})")
     hp = hull[:, 0, :].astype(np.float64)
     # thumbnail pixel edges -> full-size pixel-centre coordinates
-    x0, y0 = k * hp[:, 0].min() - 0.5, k * hp[:, 1].min() - 0.5
-    x1, y1 = k * (hp[:, 0].max() + 1) - 0.5, k * (hp[:, 1].max() + 1) - 0.5
+    x0, y0 = float(k * hp[:, 0].min() - 0.5), float(k * hp[:, 1].min() - 0.5)
+    x1, y1 = float(k * (hp[:, 0].max() + 1) - 0.5), float(k * (hp[:, 1].max() + 1) - 0.5)
     h, w = img.shape[:2]
     if x1 >= k * tw - 0.5 - k:
         x1 = w - 0.5
     if y1 >= k * th - 0.5 - k:
         y1 = h - 0.5
     pts = np.column_stack([k * (hp[:, 0] + 0.5) - 0.5, k * (hp[:, 1] + 0.5) - 0.5])
+    # the shape recorded: the rim circle through whatever arcs of it are visible (the cut
+    # corners of a rectangular field), else the bounding box's square
     cx, cy, r = (x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, y1 - y0) / 2
-    return FOV(True, cx, cy, r, y0, y1, f"field of view from the bright region ({why})",
-               math.nan, len(pts), x0, x1, "mask", pts)
+    rms, n, shape = math.nan, len(pts), "bounding box"
+    arc = _arc_circle(v, extra, h, w)
+    if arc is not None:
+        cx, cy, r, rms, n = arc
+        shape = "circle through the visible rim arcs"
+    return FOV(True, cx, cy, r, y0, y1, f"field of view from the bright region, {shape} ({why})",
+               rms, n, x0, x1, "mask", pts)
+
+
+def _arc_circle(v: np.ndarray, extra: dict, h: int, w: int):
+    """The rim circle fitted to the rim arcs that are visible (e.g. the four cut corners of
+    a rectangular field), or ``None``: rays around the coarse circle, robust fit, accepted
+    when >= 16 rim points in >= 3 quadrants lie within 1 % of r on one circle."""
+    coarse = extra.get("coarse")
+    if coarse is None:
+        return None
+    cx, cy, r, bg = coarse
+    if not (0.15 * min(h, w) <= r <= 1.5 * math.hypot(h, w)):
+        return None
+    vf = v.astype(np.float32)
+    for ray_px, step in ((2.0, 1.0), (0.75, 0.5)):  # short arcs: dense rays
+        x, y, th, inner, outer, n_rays = _rim_points(vf, cx, cy, r, bg, ray_px, step)
+        if len(x) < 16:
+            return None
+        cx, cy, r, keep, rms = robust_circle(x, y)
+    quadrants = len(np.unique((th[keep] / (0.5 * math.pi)).astype(int) % 4))
+    if keep.sum() < 16 or quadrants < 3 or rms > max(1.0, 0.01 * r) or keep.sum() < 0.5 * len(x):
+        return None
+    return cx, cy, r, rms, int(keep.sum())
 
 
 def detect_fov(img: np.ndarray, fallback: bool = True) -> FOV:
@@ -465,7 +506,7 @@ def detect_fov(img: np.ndarray, fallback: bool = True) -> FOV:
     fov = _fit(v, thumb, k, coarse, why, extra)
     if fov.found or not fallback or extra is None:
         return fov
-    return _mask_fallback(img, thumb, k, extra, fov.reason)
+    return _mask_fallback(img, v, thumb, k, extra, fov.reason)
 
 
 def _fit(v, thumb, k, coarse, why, extra) -> FOV:

@@ -28,7 +28,7 @@ def reason_group(row) -> str:
     first = re.sub(r"\s*\(.*$", "", first)  # drop the measured value
     # the first cause of a missing field of view (rim not circular, surround not dark, ...)
     first = re.sub(r"^no field of view: ([^(;]*).*", r"no field of view: \1", first).strip()
-    first = re.sub(r"^field of view from the bright region.*", "fallback: bright-region mask", first)
+    first = re.sub(r"^field of view from the bright region,\s*", "fallback: bright-region mask, ", first)
     if row["status"] == "error":
         return "error"
     tag = "rejected" if row["status"] == "rejected" else (row.get("quality") or "ok")

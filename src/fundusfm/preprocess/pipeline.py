@@ -137,9 +137,9 @@ def _process(path, spec: PreprocessSpec, row: dict) -> tuple[dict, np.ndarray | 
         row.update(status="rejected", quality="reject", reason=fov_d.reason)
         return row, None
     fov = fov_d.scaled(dec.scale)
-    if 2 * fov_d.r < need and dec.scale > 1:
+    if 2 * fov_d.square[2] < need and dec.scale > 1:
         # the FOV is small in the frame: decode larger so the crop is not upsampled
-        side = math.ceil(need * min(dec.width, dec.height) / (2 * fov.r))
+        side = math.ceil(need * min(dec.width, dec.height) / (2 * fov.square[2]))
         dec = read_image(path, min_side=side, max_pixels=spec.max_pixels)
         fov_d = fov.scaled(1 / dec.scale)
     row.update(fov_cx=_r(fov.cx), fov_cy=_r(fov.cy), fov_r=_r(fov.r), fov_top=_r(fov.top), fov_bottom=_r(fov.bottom),

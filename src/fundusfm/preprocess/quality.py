@@ -12,13 +12,16 @@ FOV, away from its rim:
   above pixel noise and JPEG blocks, below the disc and illumination). Brightness-free
   (a ratio to the local level), so a dark photo is not called blurred; defocus or motion
   blur removes this band (sigma = 25 px on a 1024-px frame leaves ~1/8 of it).
-- ``under_exposed``: fraction of FOV pixels whose brightest channel is < 30 (nearly black);
+- ``under_exposed``: fraction of FOV pixels whose brightest channel is < 15 (nearly black:
+  below it 8-bit JPEG detail is lost; a photo 3 stops under, brightest channel ~20-25
+  over the retina, is still gradable once its contrast is stretched);
   ``over_exposed``: fraction with luminance >= 230 (washed out; a clipped red channel
   alone is common in good fundus photographs and does not count).
 - ``contrast``: Michelson contrast of the 5 / 95 % luminance percentiles,
   (p95 - p5) / (p95 + p5): low for haze or a cataract veil, independent of exposure.
-- ``illumination``: unevenness, the coefficient of variation of the luminance low-passed
-  at sigma = size/16 (normalised convolution inside the FOV): shadows, crescents, vignetting.
+- ``illumination``: unevenness, the robust coefficient of variation (1.4826 MAD / median)
+  of the luminance low-passed at sigma = size/16 (normalised convolution inside the FOV):
+  shadows, crescents, vignetting; a bright disc does not count.
 - ``fov_coverage``: fraction of the FOV circle inside the frame and between cut edges.
 """
 
@@ -78,6 +81,7 @@ _SMALL = 128  # grid of the smooth low-passes (illumination, sharpness reference
 
 
 _SHARP = 256  # the field's diameter in px where sharpness is measured
+_BLACK = 15  # brightest channel below this: nearly black, detail lost (8 bit, JPEG)
 
 
 class _MaskData:
@@ -137,7 +141,7 @@ def quality_scores(img: np.ndarray, mask: np.ndarray, fov_coverage: float = 1.0)
     # histograms inside the mask: fractions and percentiles without copying pixels out
     hmx = cv2.calcHist([mx], [0], m8, [256], [0, 256]).ravel()
     hy = cv2.calcHist([y], [0], m8, [256], [0, 256]).ravel()
-    under = float(hmx[:30].sum() / n)
+    under = float(hmx[:_BLACK].sum() / n)
     over = float(hy[230:].sum() / n)
     cdf = np.cumsum(hy) / n
     p5, p95 = float(np.searchsorted(cdf, 0.05)), float(np.searchsorted(cdf, 0.95))
@@ -153,7 +157,12 @@ def quality_scores(img: np.ndarray, mask: np.ndarray, fov_coverage: float = 1.0)
     ys = cv2.resize(cv2.multiply(y, m8, dtype=cv2.CV_32F), (_SMALL, _SMALL), interpolation=cv2.INTER_AREA)
     num = cv2.GaussianBlur(ys, (0, 0), md.s)
     low = num[md.valid] / np.maximum(md.den[md.valid], 1e-6)
-    illum = float(low.std() / max(low.mean(), 1.0)) if low.size else 0.0
+    # robust spread (MAD / median): a bright optic disc or reflex is not uneven illumination
+    if low.size:
+        med = float(np.median(low))
+        illum = float(1.4826 * np.median(np.abs(low - med)) / max(med, 1.0))
+    else:
+        illum = 0.0
     return {"sharpness": round(sharp, 5), "under_exposed": round(under, 4), "over_exposed": round(over, 4),
             "contrast": round(contrast, 4), "illumination": round(illum, 4),
             "fov_coverage": round(float(fov_coverage), 4)}
