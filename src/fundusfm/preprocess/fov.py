@@ -547,7 +547,8 @@ def _fit(v, thumb, k, coarse, why, extra) -> FOV:
         return not_found(f"rim not circular (only {n_in} of {len(x)} edge points on one circle)")
     if rms > max(1.0, 0.01 * r):
         return not_found(f"rim not circular (residual {rms:.1f} px at radius {r:.0f})")
-    if med_out > 0.4 * med_in or med_in - med_out < 10:
+    # the rim step in the photo's own grey levels: 10, or 5 for an under-exposed photo
+    if med_out > 0.4 * med_in or (med_in - med_out) / gain < (10 if gain == 1.0 else 5):
         return not_found(f"background not dark (outside {med_out / gain:.0f}, inside {med_in / gain:.0f})")
     if not (0.15 * min(h, w) <= r <= 0.75 * math.hypot(h, w)):
         return not_found(f"implausible radius {r:.0f} in {w}x{h}")
