@@ -266,3 +266,18 @@ def test_hard_cases_are_kept_and_rejects_shown_in_gallery(tmp_path):
     assert any(g.startswith("rejected: no field of view: ") for g in groups)
     out = make_gallery(qc.reset_index(), tmp_path / "g.png", tile=64)
     assert Image.open(out).size[1] >= 3 * 64
+
+
+def test_fov_fallback_can_be_switched_off(tmp_path):
+    import fov_cases
+
+    img, _ = fov_cases.make_case("rectangle", 400)
+    p = tmp_path / "rect.jpg"
+    Image.fromarray(img).save(p, quality=90)
+    row, out = process_image(p, PreprocessSpec())
+    assert row["status"] == "ok" and row["fov_method"] == "mask" and out is not None
+    # the crop is the bounding box's square: the 4:3 frame fills the width
+    assert out[:, 5].max() > 0 and out[5, :].max() == 0
+    assert main([str(p), "--out", str(tmp_path / "o"), "--no-fov-fallback", "--no-progress"]) == 0
+    qc = pd.read_csv(tmp_path / "o" / "qc.csv")
+    assert qc.loc[0, "status"] == "rejected" and qc.loc[0, "reason"].startswith("no field of view")

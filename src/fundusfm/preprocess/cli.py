@@ -119,6 +119,8 @@ def preprocess_main(argv: list[str] | None = None) -> int:
                     help="fail (after writing qc.csv) when rejected+error rows exceed this fraction")
     ap.add_argument("--thresholds", help="quality thresholds: JSON string or YAML/JSON file")
     ap.add_argument("--max-pixels", type=int, default=150_000_000, help="refuse larger images (bomb guard)")
+    ap.add_argument("--no-fov-fallback", action="store_true",
+                    help="reject photos without a clean rim circle instead of taking the bright region as the field of view")
     ap.add_argument("--gallery", help="also write the QC gallery PNG here")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     ap.add_argument("-v", "--verbose", action="store_true")
@@ -134,7 +136,8 @@ def preprocess_main(argv: list[str] | None = None) -> int:
         ap.error("nothing to do: give INPUT... or --manifest")
     try:
         spec = PreprocessSpec(size=a.size, normalise=a.normalise, format=a.format, max_pixels=a.max_pixels,
-                              thresholds=thresholds_from_dict(_load_thresholds(a.thresholds)))
+                              thresholds=thresholds_from_dict(_load_thresholds(a.thresholds)),
+                              fov_fallback=not a.no_fov_fallback)
     except ValueError as e:
         ap.error(str(e))
     inputs = manifest_inputs(a.manifest, a.root) if a.manifest else collect_inputs(a.inputs)

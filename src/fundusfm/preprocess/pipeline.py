@@ -4,6 +4,10 @@
 Every input gets exactly one QC row: ``ok`` (processed image written), ``rejected``
 (readable, but no field of view, too small or failing the quality grade; ``reason``
 says why) or ``error`` (could not be read; ``reason`` names the file and the cause).
+``fov_method`` says how the field of view was found: ``circle`` (the fitted rim circle,
+straight cuts in ``fov_top/bottom/left/right``) or ``mask`` (no clean circle: the
+bright-region fallback; ``reason`` starts with why, ``fov_cx/cy/r`` hold the circle through
+the visible rim arcs where they fit, else the bounding box's square).
 """
 
 from __future__ import annotations
@@ -48,7 +52,9 @@ class PreprocessSpec:
     ``size``: output side in px; ``normalise``: ``none`` | ``ben_graham`` | ``clahe``;
     ``format``: ``png`` | ``jpg``; ``min_side``: smaller images are rejected as too small;
     ``max_pixels``: larger images are refused unread (decompression-bomb guard);
-    ``thresholds``: quality grade limits.
+    ``thresholds``: quality grade limits; ``fov_fallback``: when no clean rim circle fits
+    a colour fundus photograph, take the bright region as its field of view
+    (``fov_method`` ``mask`` in the QC table) instead of rejecting it.
     """
 
     size: int = 512
@@ -57,6 +63,7 @@ class PreprocessSpec:
     min_side: int = 128
     max_pixels: int = 150_000_000
     thresholds: QualityThresholds = field(default_factory=QualityThresholds)
+    fov_fallback: bool = True
 
     def __post_init__(self):
         if isinstance(self.thresholds, dict):
@@ -132,7 +139,7 @@ def _process(path, spec: PreprocessSpec, row: dict) -> tuple[dict, np.ndarray | 
         row.update(status="rejected", quality="reject",
                    reason=f"image too small ({dec.width}x{dec.height} < {spec.min_side} px)")
         return row, None
-    fov_d = detect_fov(dec.image)
+    fov_d = detect_fov(dec.image, fallback=spec.fov_fallback)
     if not fov_d.found:
         row.update(status="rejected", quality="reject", reason=fov_d.reason)
         return row, None
