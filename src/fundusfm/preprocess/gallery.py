@@ -1,7 +1,7 @@
 """QC gallery: a contact sheet of rejected and borderline images and of every field of view
 found by the bright-region fallback, grouped by reason, with the detected field of view
-drawn (circle in green, straight cuts as green lines; the fallback's bounding box in orange),
-so a person can check the QC decisions in seconds."""
+drawn (circle in green, straight cuts as green lines; the fallback's bounding box in orange;
+dark photos stretched for display), so a person can check the QC decisions in seconds."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
@@ -18,21 +19,29 @@ from fundusfm.preprocess.io import ImageReadError, read_image
 log = logging.getLogger(__name__)
 
 
+def _short(reason: str) -> str:
+    first = re.sub(r"\s*\(.*$", "", reason.strip())  # drop the measured value
+    # the first cause of a missing field of view (rim not circular, surround not dark, ...)
+    first = re.sub(r"^no field of view: ([^(;]*).*", r"no field of view: \1", first).strip()
+    return re.sub(r"^field of view from the bright region,\s*", "fallback: bright-region mask, ", first)
+
+
 def reason_group(row) -> str:
-    """Short group name of a QC row: status plus the first reason without its numbers."""
+    """Short group name of a QC row: status plus the first reason without its numbers; a
+    bright-region fallback is its own group, with the quality reason that follows it."""
     fallback = str(row.get("fov_method") or "") == "mask"
     if row["status"] == "ok" and row.get("quality") == "good" and not fallback:
         return "good"
-    reason = str(row.get("reason") or "")
-    first = reason.split(";")[0].strip()
-    first = re.sub(r"\s*\(.*$", "", first)  # drop the measured value
-    # the first cause of a missing field of view (rim not circular, surround not dark, ...)
-    first = re.sub(r"^no field of view: ([^(;]*).*", r"no field of view: \1", first).strip()
-    first = re.sub(r"^field of view from the bright region,\s*", "fallback: bright-region mask, ", first)
     if row["status"] == "error":
         return "error"
+    reasons = [r for r in str(row.get("reason") or "").split(";") if r.strip()]
     tag = "rejected" if row["status"] == "rejected" else (row.get("quality") or "ok")
-    return f"{tag}: {first}" if first else tag
+    if not reasons:
+        return tag
+    first = _short(reasons[0])
+    if fallback and first.startswith("fallback") and len(reasons) > 1:
+        first = f"{first} + {_short(reasons[1])}"
+    return f"{tag}: {first}"
 
 
 def _thumb(row, root: Path | None, tile: int) -> Image.Image:
@@ -48,6 +57,9 @@ def _thumb(row, root: Path | None, tile: int) -> Image.Image:
         d.line([(0, tile), (tile, 0)], fill=(200, 0, 0), width=3)
         return canvas
     im = dec.pil()
+    p99 = float(np.percentile(dec.image[::4, ::4].max(axis=2), 99))
+    if 0 < p99 < 128:  # a dark photo: stretched for display, so its field can be checked
+        im = Image.fromarray(np.clip(dec.image.astype(np.float32) * (200 / p99), 0, 255).astype(np.uint8), "RGB")
     s = tile / max(im.size)
     small = im.resize((max(1, round(im.size[0] * s)), max(1, round(im.size[1] * s))), Image.BILINEAR)
     ox, oy = (tile - small.size[0]) // 2, (tile - small.size[1]) // 2
@@ -72,6 +84,9 @@ def _thumb(row, root: Path | None, tile: int) -> Image.Image:
                    right if right is not None else cx + r, bottom if bottom is not None else cy + r]
             d.rectangle([ox + box[0] * k, oy + box[1] * k, ox + box[2] * k, oy + box[3] * k],
                         outline=(255, 150, 0), width=2)
+            # the circle through the visible rim arcs, where one was fitted
+            d.ellipse([ox + (cx - r) * k, oy + (cy - r) * k, ox + (cx + r) * k, oy + (cy + r) * k],
+                      outline=(255, 150, 0), width=1)
         else:
             d.ellipse([ox + (cx - r) * k, oy + (cy - r) * k, ox + (cx + r) * k, oy + (cy + r) * k],
                       outline=(0, 255, 0), width=2)
