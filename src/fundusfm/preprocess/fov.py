@@ -270,11 +270,13 @@ def _coarse(t: np.ndarray, k: int):
     return (cx, cy, r, bg, fg, cuts), "", extra
 
 
-def _rim_points(v: np.ndarray, cx: float, cy: float, r: float, bg: float, ray_px: float, step: float):
+def _rim_points(v: np.ndarray, cx: float, cy: float, r: float, bg: float, ray_px: float, step: float,
+                soft_rim: bool = True):
     """Sub-pixel 50 % crossings on radial profiles around (cx, cy, r).
 
     One ray per ``ray_px`` pixels of rim, sampled every ``step`` px from 0.86 r to 1.10 r
-    (``v``: float32 intensity). Returns x, y, theta, inner level, outer level of the rays
+    (``v``: float32 intensity). ``soft_rim``: re-measure the inside level next to the
+    edge (vignetted rims, below). Returns x, y, theta, inner level, outer level of the rays
     whose rim lies inside the frame, and the number of rays cast.
     """
     h, w = v.shape
@@ -304,19 +306,21 @@ def _rim_points(v: np.ndarray, cx: float, cy: float, r: float, bg: float, ray_px
     # from the edge overshoots and the 50 % crossing lands inside the aperture. Measure
     # the inside level again just inside the first crossing (1.5-5 % of r in) and take
     # the crossing at the lower of the two levels (a crisp rim moves by < 0.3 px).
-    a, b = max(2, int(0.05 * r / step)), max(1, int(0.015 * r / step))
-    for _ in range(2):  # the second round starts nearer the edge
-        cols = np.clip(last[:, None] - np.arange(b, a)[None, :], 0, prof.shape[1] - 1)
-        near = _row_median(np.take_along_axis(prof, cols, axis=1))
-        level2 = np.minimum(level, 0.5 * (near + outer))
-        soft = has & (level2 < level - 0.5) & (near - outer >= 8)
-        if not soft.any():
-            break
-        has2, last2 = _outermost_crossing(prof, level2)
-        use = soft & has2
-        last = np.where(use, last2, last)
-        level = np.where(use, level2, level)
-        inner = np.where(use, near, inner)
+    if soft_rim:
+        a, b = max(2, int(0.05 * r / step)), max(1, int(0.015 * r / step))
+        offs = np.arange(b, a, max(1, (a - b) // 12))  # ~12 samples of the window suffice
+        for _ in range(2):  # the second round starts nearer the edge
+            cols = np.clip(last[:, None] - offs[None, :], 0, prof.shape[1] - 1)
+            near = _row_median(np.take_along_axis(prof, cols, axis=1))
+            level2 = np.minimum(level, 0.5 * (near + outer))
+            soft = np.nonzero(has & (level2 < level - 0.5) & (near - outer >= 8))[0]
+            if not len(soft):
+                break
+            has2, last2 = _outermost_crossing(prof[soft], level2[soft])
+            use = soft[has2]
+            last[use] = last2[has2]
+            level[use] = level2[use]
+            inner[use] = near[use]
     ok = has & (inner - outer >= 8) & (inner >= 0)
     idx = np.nonzero(ok)[0]
     k = last[idx]
@@ -522,9 +526,10 @@ def _fit(v, thumb, k, coarse, why, extra) -> FOV:
         gain = min(100.0 / max(fg, 1.0), 8.0)
         vf *= gain
         bg *= gain
-    # a quick pass re-centres the rays, the fine pass measures
-    for ray_px, step in ((8.0, 1.0), (3.0, 0.5)):
-        x, y, th, inner, outer, n_rays = _rim_points(vf, cx, cy, r, bg, ray_px, step)
+    # a quick pass re-centres the rays, the fine pass measures (both follow soft rims: a
+    # quick circle inside a soft rim would put the background window on the rim)
+    for ray_px, step, soft in ((8.0, 1.0, True), (3.0, 0.5, True)):
+        x, y, th, inner, outer, n_rays = _rim_points(vf, cx, cy, r, bg, ray_px, step, soft)
         sel = np.ones(len(x), bool)  # rays ending on a camera cut are not rim
         if ccuts["top"] is not None:
             sel &= y > ccuts["top"]

@@ -152,7 +152,11 @@ def quality_scores(img: np.ndarray, mask: np.ndarray, fov_coverage: float = 1.0)
     g = cv2.resize(g_, (_SHARP, _SHARP), interpolation=cv2.INTER_AREA).astype(np.float32)
     g1 = cv2.GaussianBlur(g, (0, 0), 1.0)
     vessel = cv2.absdiff(g1, cv2.GaussianBlur(g, (0, 0), 3.0)).ravel()[md.sharp_idx]
-    coarse = cv2.absdiff(g1, cv2.GaussianBlur(g, (0, 0), 8.0)).ravel()[md.sharp_idx]
+    # the sigma-8 low-pass on a 4x smaller grid (sigma 1.94 there): the same, 16x cheaper
+    q = _SHARP // 4
+    g8 = cv2.resize(cv2.GaussianBlur(cv2.resize(g, (q, q), interpolation=cv2.INTER_AREA), (0, 0), 1.94),
+                    (_SHARP, _SHARP), interpolation=cv2.INTER_LINEAR)
+    coarse = cv2.absdiff(g1, g8).ravel()[md.sharp_idx]
     sharp = 0.0
     if len(coarse) >= 100:
         cut = np.partition(coarse, int(0.9 * (len(coarse) - 1)))[int(0.9 * (len(coarse) - 1))]
