@@ -98,9 +98,18 @@ def test_fov_found_on_grayscale_and_dark_photographs(retina, variant):
     assert ce < 1.0 and re < 0.005
 
 
-@pytest.mark.parametrize("name", ["astronaut", "coffee", "chelsea", "camera", "moon"])
+@pytest.mark.parametrize("name", ["astronaut", "coffee", "chelsea", "camera", "moon", "rocket", "colorwheel",
+                                  "logo", "horse", "page", "text", "brick", "grass", "gravel", "cell",
+                                  "immunohistochemistry"])
 def test_no_fov_on_non_fundus_photograph(name):
-    fov = detect_fov(getattr(data, name)())
+    """skimage's other sample images (real photographs, scans, a target-like colour wheel):
+    no circle, and no bright-region fallback either."""
+    img = getattr(data, name)()
+    if img.dtype != np.uint8:  # bool / float samples
+        img = (img * 255 if img.max() <= 1 else img).astype(np.uint8)
+    if img.ndim == 3 and img.shape[2] == 4:
+        img = np.ascontiguousarray(img[..., :3])
+    fov = detect_fov(img)
     assert not fov.found
     assert fov.reason.startswith("no field of view")
 

@@ -138,3 +138,18 @@ def test_grade_names_value_and_threshold():
     assert q == "reject" and reasons == [f"blurred (sharpness 0.005 < {t.reject_min_sharpness:g})"]
     s["sharpness"] = (t.reject_min_sharpness + t.usable_min_sharpness) / 2
     assert grade(s, t)[0] == "usable"
+
+
+@pytest.mark.parametrize("name", ["vignetted", "underexposed", "window", "rectangle"])
+def test_scores_monotone_on_hard_cases(name):
+    """The graded defects on the other real-photo variants of the development set: blur
+    lowers sharpness, a growing shadow raises unevenness, at 400 px; none is blurred sharp."""
+    img, _ = fov_cases.make_case(name, 400)
+    sharp = [scores_of(fov_cases.jpeg(cv2.GaussianBlur(img, (0, 0), s) if s else img))["sharpness"]
+             for s in (0, 1, 2, 4)]
+    assert all(a > b for a, b in zip(sharp, sharp[1:])), sharp
+    assert not any("blurred" in r for r in grade(scores_of(fov_cases.jpeg(img)))[1])
+    xx = np.arange(img.shape[1])[None, :, None] / img.shape[1]
+    ramp = np.clip((xx - 0.3) / 0.7, 0, 1)  # a shadow creeping in from the right
+    ill = [scores_of(fov_cases.jpeg((img * (1 - k * ramp)).astype(np.uint8)))["illumination"] for k in (0.0, 0.4, 0.8)]
+    assert all(a < b for a, b in zip(ill, ill[1:])), ill

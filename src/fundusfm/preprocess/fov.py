@@ -418,9 +418,9 @@ def _mask_fallback(img: np.ndarray, v: np.ndarray, thumb: np.ndarray, k: int, ex
     """The bright region as the field of view, when no clean circle fits.
 
     Taken only when the frame clearly holds retina: one large, convex bright region
-    (>= 35 % of the frame, solidity >= 0.95) of red-dominant colour, with a dark surround
-    wherever the region does not reach the frame border. Otherwise the circle's reason
-    stands (``no field of view``)."""
+    (>= 35 % of the frame, solidity >= 0.9) of red-dominant colour, with a dark surround
+    wherever the region does not reach the frame border, and at least 3 of the frame's 4
+    corners dark. Otherwise the circle's reason stands (``no field of view``)."""
     th, tw = thumb.shape
     why = why.removeprefix("no field of view: ")
     blob = extra["blob"]
@@ -428,10 +428,17 @@ def _mask_fallback(img: np.ndarray, v: np.ndarray, thumb: np.ndarray, k: int, ex
     hull = cv2.convexHull(blob)
     harea = max(cv2.contourArea(hull), 1.0)
     frac, solidity = harea / (th * tw), area / harea
-    if frac < 0.35 or solidity < 0.95:
+    if frac < 0.35 or solidity < 0.9:
         return not_found(f"{why}; no fallback: bright region {frac:.0%} of the frame, solidity {solidity:.2f}")
     region = np.zeros_like(thumb)
     cv2.fillPoly(region, [hull], 1)
+    # a camera's field leaves the frame's corners dark (a round aperture, or a rectangle
+    # with cut corners); a scene that fills the frame does not
+    c = max(2, min(th, tw) // 32)
+    dark = sum(int(region[y0:y0 + c, x0:x0 + c].mean() < 0.5 and thumb[y0:y0 + c, x0:x0 + c].mean() <= extra["thr"])
+               for y0 in (0, th - c) for x0 in (0, tw - c))
+    if dark < 3:
+        return not_found(f"{why}; no fallback: only {dark} of the 4 frame corners dark")
     outside = (region == 0)
     n_out = int(outside.sum())
     if n_out > 0.01 * thumb.size:

@@ -22,9 +22,9 @@ FOV, away from its rim:
   alone is common in good fundus photographs and does not count).
 - ``contrast``: Michelson contrast of the 5 / 95 % luminance percentiles,
   (p95 - p5) / (p95 + p5): low for haze or a cataract veil, independent of exposure.
-- ``illumination``: unevenness, the robust coefficient of variation (1.4826 MAD / median)
-  of the luminance low-passed at sigma = size/16 (normalised convolution inside the FOV):
-  shadows, crescents, vignetting; a bright disc does not count.
+- ``illumination``: unevenness, a robust coefficient of variation ((p90 - p10) / 2.563 /
+  median) of the luminance low-passed at sigma = size/16 (normalised convolution inside
+  the FOV): shadows, crescents, vignetting; a bright optic disc does not count.
 - ``fov_coverage``: fraction of the FOV circle inside the frame and between cut edges.
 """
 
@@ -168,10 +168,14 @@ def quality_scores(img: np.ndarray, mask: np.ndarray, fov_coverage: float = 1.0)
     ys = cv2.resize(cv2.multiply(y, m8, dtype=cv2.CV_32F), (_SMALL, _SMALL), interpolation=cv2.INTER_AREA)
     num = cv2.GaussianBlur(ys, (0, 0), md.s)
     low = num[md.valid] / np.maximum(md.den[md.valid], 1e-6)
-    # robust spread (MAD / median): a bright optic disc or reflex is not uneven illumination
-    if low.size:
-        med = float(np.median(low))
-        illum = float(1.4826 * np.median(np.abs(low - med)) / max(med, 1.0))
+    # robust spread: the interdecile range over the median, scaled to a standard deviation
+    # (/2.563 for a normal distribution, so the limits keep the meaning of a coefficient of
+    # variation); a bright optic disc or reflex (< 10 % of the field) does not count
+    if low.size >= 10:
+        n_l = len(low) - 1
+        i10, i50, i90 = int(0.1 * n_l), int(0.5 * n_l), int(0.9 * n_l)
+        p = np.partition(low, (i10, i50, i90))
+        illum = float((p[i90] - p[i10]) / 2.563 / max(float(p[i50]), 1.0))
     else:
         illum = 0.0
     return {"sharpness": round(sharp, 4), "under_exposed": round(under, 4), "over_exposed": round(over, 4),
