@@ -182,7 +182,8 @@ def compare_baseline(a, entries, folder: Path, tmp: Path, cpu) -> None:
     root = Path(__file__).resolve().parent.parent
     base = tmp / "baseline"
     base.mkdir()
-    arch = subprocess.run(["git", "-C", str(root), "archive", a.baseline, "src"], check=True, capture_output=True).stdout
+    arch = subprocess.run(["git", "-C", str(root), "archive", a.baseline, "src"],
+                          check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(base)], input=arch, check=True)
     big = [e for e in entries if e["w"] == 4288 and e["h"] == 2848][0]["name"]
     fmt = a.formats.split(",")[0]

@@ -261,7 +261,8 @@ def test_hard_cases_are_kept_and_rejects_shown_in_gallery(tmp_path):
     for n in ("coffee", "blank"):
         assert qc.loc[n, "status"] == "rejected" and qc.loc[n, "reason"].startswith("no field of view")
     groups = {reason_group(r) for r in qc.reset_index().to_dict("records")}
-    assert any(g.endswith(": fallback: bright-region mask, circle through the visible rim arcs") for g in groups), groups
+    fallback = ": fallback: bright-region mask, circle through the visible rim arcs"
+    assert any(g.endswith(fallback) for g in groups), groups
     assert any(g.startswith("rejected: blurred") for g in groups)
     assert any(g.startswith("rejected: no field of view: ") for g in groups)
     out = make_gallery(qc.reset_index(), tmp_path / "g.png", tile=64)

@@ -3,19 +3,26 @@
 Method (coarse-to-fine):
 
 1. coarse: threshold a ~256-px thumbnail of the per-pixel channel maximum between the dark
-   background and the FOV (Otsu), keep the largest blob, fit a circle to its outline
-   (robust, ignoring outline points on the image border);
-2. fine: sample ~1 radial profile per 2 px of rim in a band around the coarse circle,
-   locate the 50 % crossing between the local inside and background levels with
-   sub-pixel interpolation, drop rays that leave the frame (clipped FOV), fit a circle by
-   iteratively MAD-trimmed algebraic fit (rejects a notch, eyelash or reflex) and refine
-   it geometrically (orthogonal distances);
-3. cut edges: a straight horizontal cut (camera mask, or the frame border when the circle
-   is larger than the frame) is found on a vertical profile through the centre;
+   background and the FOV (Otsu; on a gamma-stretched copy when the photo is dark, so a
+   bright optic disc does not take the split), keep the largest blob, fit a circle to its
+   outline (robust, ignoring outline points on the image border and on straight runs:
+   cuts on any side);
+2. fine: sample ~1 radial profile per 2 px of rim in a band around the coarse circle (on
+   gain-normalised intensities for dark photos), locate the 50 % crossing between the local
+   inside and background levels with sub-pixel interpolation, re-take it at the inside
+   level measured just inside the edge (soft, vignetted rims), drop rays that leave the
+   frame or end on a cut, fit a circle by iteratively MAD-trimmed algebraic fit (rejects a
+   notch, eyelash or reflex) and refine it geometrically (orthogonal distances);
+3. cut edges: straight horizontal and vertical cuts (camera mask, a rectangular window, or
+   the frame border when the circle is larger than the frame) on centre profiles;
 4. sanity: enough inlier rim points spread around the circle, small residual, a dark
-   background and a bright inside. Anything else (a photo of something that is not an eye,
-   an image without a dark surround) gives ``FOV(found=False, reason=...)`` rather than a
-   wrong circle.
+   background and a bright inside;
+5. fallback: when no clean circle fits but the frame clearly holds a colour fundus photo
+   (one large convex red-dominant bright region, dark surround and corners), the region's
+   outline is the FOV (``method='mask'``), with the circle through the visible rim arcs
+   where they fit. Anything else (a photo of something that is not an eye, an image
+   without a dark surround) gives ``FOV(found=False, reason=...)`` rather than a wrong
+   circle.
 
 Coordinates: pixel centres at integers, so a pixel x covers [x - 0.5, x + 0.5].
 """
@@ -260,7 +267,7 @@ def _coarse(t: np.ndarray, k: int):
             if len(high):
                 cuts[hi] = k * (high.min() - 1.5)
                 pts = pts[pts[:, axis] < high.min() - 1]
-    extra = dict(bg=bg, fg=fg, thr=thr, blob=blob, mask=mask, cuts=cuts)
+    extra = dict(bg=bg, fg=fg, thr=thr, blob=blob, cuts=cuts)
     if len(pts) < 12:
         return None, "no dark border around the image", extra
     cx, cy, r, keep, _ = robust_circle(pts[:, 0], pts[:, 1], min_tol=1.5)

@@ -90,12 +90,13 @@ def _thumb(row, root: Path | None, tile: int) -> Image.Image:
         else:
             d.ellipse([ox + (cx - r) * k, oy + (cy - r) * k, ox + (cx + r) * k, oy + (cy + r) * k],
                       outline=(0, 255, 0), width=2)
-            for y in (top, bottom):
+            x0, x1, y0, y1 = ox + (cx - r) * k, ox + (cx + r) * k, oy + (cy - r) * k, oy + (cy + r) * k
+            for y in (top, bottom):  # straight cuts
                 if y is not None:
-                    d.line([(ox + (cx - r) * k, oy + y * k), (ox + (cx + r) * k, oy + y * k)], fill=(0, 255, 0), width=1)
+                    d.line([(x0, oy + y * k), (x1, oy + y * k)], fill=(0, 255, 0), width=1)
             for x in (left, right):
                 if x is not None:
-                    d.line([(ox + x * k, oy + (cy - r) * k), (ox + x * k, oy + (cy + r) * k)], fill=(0, 255, 0), width=1)
+                    d.line([(ox + x * k, y0), (ox + x * k, y1)], fill=(0, 255, 0), width=1)
     return canvas
 
 
