@@ -180,7 +180,7 @@ def test_cli_manifest_mode_names_missing_files(tmp_path):
                "--no-progress", "--max-reject-fraction", "0.6"])
     assert rc == 0
     qc = pd.read_csv(tmp_path / "o" / "qc.csv", keep_default_na=False).set_index("image_id")
-    assert qc.loc["p1", "status"] == "ok" and qc.loc["p1", "processed_path"] == "images/p1.png"
+    assert qc.loc["p1", "status"] == "ok" and qc.loc["p1", "processed_path"] == "images/p1.jpg"
     assert qc.loc["p2", "status"] == "error" and "p2.jpg" in qc.loc["p2", "reason"]
     rc = main(["--manifest", str(man), "--root", str(root), "--out", str(tmp_path / "o"), "--size", "64",
                "--no-progress", "--max-reject-fraction", "0.4"])

@@ -113,7 +113,8 @@ def preprocess_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="output folder: images/, qc.csv")
     ap.add_argument("--size", type=int, default=512, help="output side in px (default 512)")
     ap.add_argument("--normalise", "--normalize", default="none", choices=["none", "ben_graham", "clahe"])
-    ap.add_argument("--format", default="png", choices=["png", "jpg"])
+    ap.add_argument("--format", default="jpg", choices=["jpg", "png"],
+                    help="stored training copies: jpg = q95 4:4:4 (fast decode, default), png = lossless")
     ap.add_argument("--workers", type=int, default=1, help="parallel worker processes")
     ap.add_argument("--max-reject-fraction", type=float, default=None,
                     help="fail (after writing qc.csv) when rejected+error rows exceed this fraction")

@@ -59,7 +59,7 @@ class PreprocessSpec:
 
     size: int = 512
     normalise: str = "none"
-    format: str = "png"
+    format: str = "jpg"  # stored training copies: see preprocess.io.FORMATS
     min_side: int = 128
     max_pixels: int = 150_000_000
     thresholds: QualityThresholds = field(default_factory=QualityThresholds)

@@ -213,6 +213,7 @@ def build_config(meta: dict, spec: dict, *, num_features: int | None, training: 
                  licence: str, source: dict, software: dict, files: dict) -> dict:
     """``config.json`` of a release (pure: everything comes in as arguments)."""
     from fundusfm.data.vocab import LABELS
+    from fundusfm.preprocess.io import FORMATS
     from fundusfm.preprocess.pipeline import ALGORITHM_VERSION
 
     cfg = timm_config(meta, num_features, licence)
@@ -229,8 +230,8 @@ def build_config(meta: dict, spec: dict, *, num_features: int | None, training: 
                 f"crop the FOV square, resize to {spec['size']} px, black outside the FOV",
                 "quality grade (thresholds in preprocess_spec); 'reject' grade -> not predicted",
                 f"normalise: {spec['normalise']}",
-                f"encode as {spec['format']} (as the study stored processed images)",
-                f"resize bilinear to {meta['img_size']} px, scale 1/255, subtract mean, divide by std (RGB)",
+                f"encode as {spec['format']}: {FORMATS.get(spec['format'], '?')} (as the study stored its training copies)",
+                f"decode (OpenCV), resize to {meta['img_size']} px (area filter when shrinking, bilinear when enlarging), scale 1/255, subtract mean, divide by std (RGB)",
                 "softmax (single-label) or independent sigmoids (multilabel)",
             ],
             "model_input": meta.get("preprocessing"),

@@ -37,7 +37,7 @@ DEFAULT_HPARAMS: dict = {
     "monitor": "auroc",  # validation metric selecting the best epoch
     "patience": 10,  # early stopping: epochs without improvement (None = off)
     "augment": DEFAULT_AUGMENT,
-    "augment_device": "cpu",  # 'cpu' (in the loader workers) | 'gpu' (batched, on device)
+    "augment_device": "auto",  # 'auto' (gpu on CUDA, else cpu) | 'cpu' (loader workers) | 'gpu' (batched)
     "amp": "bf16",  # 'bf16' | 'none' (autocast on CUDA only)
     "channels_last": True,
     "compile": False,
@@ -53,7 +53,7 @@ HPARAM_CHOICES = {
     "mode": ("full", "linear_probe"),
     "imbalance": ("none", "pos_weight", "balanced_sampler"),
     "amp": ("bf16", "none"),
-    "augment_device": ("cpu", "gpu"),
+    "augment_device": ("auto", "cpu", "gpu"),
     "monitor": ("auroc", "accuracy", "balanced_accuracy", "kappa", "f1", "loss"),
 }
 

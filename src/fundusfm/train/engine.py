@@ -39,6 +39,7 @@ from fundusfm.models.factory import classifier_name
 from fundusfm.models.io import resolve_device
 from fundusfm.task import TaskSpec, predictions_frame
 from fundusfm.train.data import (
+    CpuAugment,
     EpochBatchSampler,
     FundusDataset,
     GpuAugment,
@@ -48,7 +49,6 @@ from fundusfm.train.data import (
     mix_seed,
     read_task_table,
     sample_weights,
-    train_transform,
 )
 from fundusfm.train.metrics import is_better, monitor_value
 from fundusfm.train.resume import STATE_FILE, ResumeError, load_state, save_state
@@ -151,7 +151,10 @@ def lr_at(step: float, total: float, warmup: float, base: float, floor: float) -
 
 
 def _worker_init(_: int) -> None:
+    import cv2
+
     torch.set_num_threads(1)  # workers decode/augment; the main process owns the cores
+    cv2.setNumThreads(1)
 
 
 # ----------------------------------------------------------------------------- trainer
@@ -280,9 +283,11 @@ class Trainer:
         self.workers = workers
         local_bs = max(1, hp["batch_size"] // self.world)
         self.eval_bs = hp["eval_batch_size"] or 2 * local_bs
-        gpu_aug = hp["augment_device"] == "gpu"
+        # a CUDA job's workers only decode; its batches are augmented on the device
+        # ("auto"), with the same distribution and per-sample seeds as the CPU path
+        gpu_aug = hp["augment_device"] == "gpu" or (hp["augment_device"] == "auto" and self.cuda)
         self.gpu_augment = GpuAugment(hp["augment"]) if gpu_aug else None
-        tf = None if gpu_aug else train_transform(hp["img_size"], hp["augment"])
+        tf = None if gpu_aug else CpuAugment(hp["augment"], hp["img_size"])
         ytr = self.targets["train"]
         weights = sample_weights(ytr, self.task) if hp["imbalance"] == "balanced_sampler" else None
         self.train_sampler = EpochBatchSampler(len(ytr), hp["batch_size"], spec.seed, rank=self.rank,
@@ -348,10 +353,10 @@ class Trainer:
 
     # -- loop ---------------------------------------------------------------------------------
 
-    def _prepare(self, x: torch.Tensor, seed: int | None) -> torch.Tensor:
+    def _prepare(self, x: torch.Tensor, seeds: list[int] | None) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True).float().div_(255)
-        if self.gpu_augment is not None and seed is not None:
-            x = self.gpu_augment(x, seed)
+        if self.gpu_augment is not None and seeds is not None:
+            x = self.gpu_augment(x, seeds)
         x = (x - self.mean) / self.std
         return x.contiguous(memory_format=self.memfmt)
 
@@ -387,7 +392,7 @@ class Trainer:
             lr = lr_at(epoch * steps_per_epoch + step, total, warm, hp["lr"], hp["min_lr"])
             for group in self.optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
-            x = self._prepare(x, mix_seed(self.spec.seed, epoch, step, self.rank, 3))
+            x = self._prepare(x, self.train_sampler.aug_seeds(step))
             y = y.to(self.device, non_blocking=True)
             with self._autocast():
                 logits = self.net(x)
@@ -490,7 +495,7 @@ class Trainer:
             "img_size": hp["img_size"], "mean": self.mean_std[0], "std": self.mean_std[1],
             "init": spec.init_name or spec.init, "init_spec": spec.init, "init_report": self.init_report,
             "preprocessing": {"input": "processed fundus image (FOV centred, square, black outside)",
-                              "resize": "bilinear to img_size", "scale": "1/255", "mean": self.mean_std[0],
+                              "resize": "to img_size: OpenCV area filter when shrinking, bilinear when enlarging", "scale": "1/255", "mean": self.mean_std[0],
                               "std": self.mean_std[1], "channels": "RGB"},
             "monitor": hp["monitor"], "best_epoch": self.best_epoch, "best_value": self.best,
             "mode": hp["mode"], "fold": spec.fold, "fraction": spec.fraction, "seed": spec.seed,
