@@ -186,11 +186,12 @@ def loader_only(a) -> None:
           f"({'met' if cpu >= 40 and cpu / base >= 4 else 'NOT met'})")
 
 
-def bench_model(arch, size, bs, steps, warmup, device, amp, channels_last) -> float:
+def bench_model(arch, size, bs, steps, warmup, device, amp, channels_last, compile: bool = False) -> float:
     """(a) images/s of forward+backward+AdamW on a batch that already sits on the device."""
-    model = create(arch, 2, "paper").to(device)
+    model = create(arch, 2, "paper", img_size=size).to(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt).train()
+    net = torch.compile(model) if compile else model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **({"fused": True} if device.type == "cuda" else {}))
     x = torch.randn(bs, 3, size, size, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, 2, (bs,), device=device)
@@ -201,7 +202,7 @@ def bench_model(arch, size, bs, steps, warmup, device, amp, channels_last) -> fl
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+            loss = torch.nn.functional.cross_entropy(net(x).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -210,11 +211,12 @@ def bench_model(arch, size, bs, steps, warmup, device, amp, channels_last) -> fl
     return bs * steps / (time.perf_counter() - t0)
 
 
-def bench_engine(table, out, arch, size, bs, steps, device, amp, channels_last, workers, aug_device) -> float:
+def bench_engine(table, out, arch, size, bs, steps, device, amp, channels_last, workers, aug_device,
+                 compile: bool = False) -> float:
     """(b) images/s of the engine's train_one_epoch (second epoch, after warm-up) reading from disk."""
     hp = resolve_hparams({"arch": arch, "img_size": size, "batch_size": bs, "epochs": 100, "amp": amp,
                           "channels_last": channels_last, "augment_device": aug_device, "log_every": 0,
-                          "imbalance": "none"})
+                          "imbalance": "none", "compile": compile})
     spec = RunSpec(table=str(table), fold=0, fraction=1.0, seed=0,
                    task=TaskSpec.from_dict(TASK),
                    init="random", hparams=hp, out=str(out), device=device.type, workers=workers)

@@ -161,3 +161,21 @@ def test_stored_format_round_trips_through_the_engine_and_the_release(fmt, tmp_p
 def test_default_stored_format_is_the_fast_jpeg():
     assert PreprocessSpec().format == "jpg"
     assert "4:4:4" in FORMATS["jpg"] and "lossless" in FORMATS["png"]
+
+
+@pytest.mark.slow
+def test_gpu_check_smoke_runs_end_to_end_on_cpu():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1")
+    proc = subprocess.run([str(repo / "benchmarks" / "gpu_check.sh"), "--smoke"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = proc.stdout.split("gpu_check on cpu (smoke)")[1]
+    for feed in ("eager, engine", "compile, engine", "eager, timm loader"):
+        assert feed in table
+    assert "test_vit" in table

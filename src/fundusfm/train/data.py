@@ -206,18 +206,23 @@ class GpuAugment:
 
     def __call__(self, x: torch.Tensor, seeds) -> torch.Tensor:
         """``x``: float NCHW batch in [0, 1]; ``seeds``: one per sample."""
+        n = x.shape[0]
+        if len(seeds) != n:
+            raise ValueError(f"{len(seeds)} seeds for a batch of {n} images")
         p = augment_params(self.aug, seeds)
-        if len(seeds) != x.shape[0]:
-            raise ValueError(f"{len(seeds)} seeds for a batch of {x.shape[0]} images")
-        dev, dt = x.device, x.dtype
-        theta = torch.as_tensor(p["theta"], dtype=dt, device=dev)
+        packed = torch.from_numpy(np.concatenate(
+            [p["theta"].reshape(n, 6), p["color"].reshape(n, 9), p["grey"][:, None]], 1).astype(np.float32))
+        if x.device.type == "cuda":
+            # pinned + non_blocking: a pageable copy would wait for the GPU to drain its queue
+            packed = packed.pin_memory().to(x.device, non_blocking=True)
+        packed = packed.to(x.device, x.dtype)
+        theta, color, grey = packed[:, :6].view(n, 2, 3), packed[:, 6:15].view(n, 3, 3), packed[:, 15]
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        luma = torch.as_tensor(_LUMA, dtype=dt, device=dev)
-        grey = torch.einsum("nchw,c->n", x, luma) / (x.shape[2] * x.shape[3])
-        grey = grey * torch.as_tensor(p["grey"], dtype=dt, device=dev)
-        x = torch.einsum("nij,njhw->nihw", torch.as_tensor(p["color"], dtype=dt, device=dev), x)
-        return x.add_(grey.view(-1, 1, 1, 1)).clamp_(0, 1)
+        luma = float(_LUMA[0]) * x[:, 0] + float(_LUMA[1]) * x[:, 1] + float(_LUMA[2]) * x[:, 2]
+        offset = luma.mean(dim=(1, 2)) * grey
+        x = torch.einsum("nij,njhw->nihw", color, x)
+        return x.add_(offset.view(-1, 1, 1, 1)).clamp_(0, 1)
 
 
 class FundusDataset(Dataset):
