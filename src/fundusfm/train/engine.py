@@ -354,7 +354,8 @@ class Trainer:
     # -- loop ---------------------------------------------------------------------------------
 
     def _prepare(self, x: torch.Tensor, seeds: list[int] | None) -> torch.Tensor:
-        x = x.to(self.device, non_blocking=True).float().div_(255)
+        # NHWC uint8 from the loader (FundusDataset): permuted on the device, channels_last
+        x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
         if self.gpu_augment is not None and seeds is not None:
             x = self.gpu_augment(x, seeds)
         x = (x - self.mean) / self.std
