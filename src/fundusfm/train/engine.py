@@ -496,12 +496,13 @@ class Trainer:
             "img_size": hp["img_size"], "mean": self.mean_std[0], "std": self.mean_std[1],
             "init": spec.init_name or spec.init, "init_spec": spec.init, "init_report": self.init_report,
             "preprocessing": {"input": "processed fundus image (FOV centred, square, black outside)",
-                              "resize": "to img_size: OpenCV area filter when shrinking, bilinear when enlarging", "scale": "1/255", "mean": self.mean_std[0],
-                              "std": self.mean_std[1], "channels": "RGB"},
+                              "resize": "to img_size: OpenCV area filter when shrinking, bilinear when enlarging",
+                              "scale": "1/255", "mean": self.mean_std[0], "std": self.mean_std[1], "channels": "RGB"},
             "monitor": hp["monitor"], "best_epoch": self.best_epoch, "best_value": self.best,
             "mode": hp["mode"], "fold": spec.fold, "fraction": spec.fraction, "seed": spec.seed,
         }
         config = {**spec.fingerprint(), "device": str(self.device), "workers": self.workers,
+                  "augmented_on": "device" if self.gpu_augment is not None else "loader workers",
                   "world_size": self.world, "n_images": {k: len(v) for k, v in self.sets.items()},
                   "versions": {"torch": torch.__version__, "timm": timm.__version__},
                   "resources": self.resources()}
