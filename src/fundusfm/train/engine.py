@@ -385,6 +385,9 @@ class Trainer:
         loss_sum = torch.tensor(acc["loss_sum"] if acc else 0.0, device=self.device, dtype=torch.float64)
         n_seen = torch.tensor(acc["n_seen"] if acc else 0.0, device=self.device, dtype=torch.float64)
         first_bad = torch.tensor(-1, device=self.device)
+        # the step number on the device: a per-step torch.tensor(step, device=cuda) would be a
+        # blocking copy that waits for the GPU queue, so the host could never run ahead
+        step_dev = torch.tensor(start_step, device=self.device)
         check_every = 1 if not self.cuda else max(1, hp["log_every"])
         bar = tqdm(self.train_loader, desc=f"epoch {epoch}", initial=start_step, total=steps_per_epoch,
                    disable=self.rank != 0 or not sys.stderr.isatty(), leave=False)
@@ -409,8 +412,8 @@ class Trainer:
             ld = loss.detach()
             loss_sum += ld.double() * n_local
             n_seen += n_local
-            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(ld), torch.tensor(step, device=self.device),
-                                    first_bad)
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(ld), step_dev, first_bad)
+            step_dev += 1
             if (step + 1) % check_every == 0 or step + 1 == steps_per_epoch:
                 self._check_finite(first_bad, epoch)
                 if self._stop_requested():
