@@ -116,7 +116,7 @@ def measure(tmp: Path, cfg: dict, dev: torch.device, workers, peer_workers: int,
                 model_mem = _peak_mib(dev)
                 _reset(dev)
                 engine_ips = bench_engine(tables[size], tmp / f"out_{arch}_{mode}", arch, size, bs, steps, dev,
-                                          "bf16", True, workers, "auto", compiled)
+                                          "bf16", True, workers, "gpu", compiled)  # = "auto" on CUDA
             except (TimeoutError, KeyboardInterrupt):
                 raise
             except Exception as e:  # noqa: BLE001 - one broken row must not lose the table

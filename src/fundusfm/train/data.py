@@ -75,7 +75,8 @@ def _row_name(df: pd.DataFrame, r: int) -> str:
     return f"{row.get('dataset', '?')}/{row.get('image_id', '?')}"
 
 
-_CV_READ = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
+_CV_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)  # OpenCV >= 4.11 decodes straight to RGB
+_CV_READ = (cv2.IMREAD_COLOR if _CV_RGB is None else _CV_RGB) | cv2.IMREAD_IGNORE_ORIENTATION
 
 
 def decode_rgb(source, size: int) -> np.ndarray:
@@ -91,6 +92,8 @@ def decode_rgb(source, size: int) -> np.ndarray:
     try:
         data = source.read() if hasattr(source, "read") else Path(source).read_bytes()
         arr = cv2.imdecode(np.frombuffer(data, np.uint8), _CV_READ) if data else None
+        if arr is not None and _CV_RGB is None:
+            arr = cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
         if arr is None:
             with Image.open(io.BytesIO(data)) as im:
                 arr = np.array(im.convert("RGB"))
