@@ -244,6 +244,14 @@ def test_gpu_side_augmentation_is_seeded_per_sample():
         assert [seed for _, seed in batch] == s.aug_seeds(step)
 
 
+def test_cuda_jobs_augment_on_the_device_by_default():
+    from fundusfm.train.engine import augments_on_device
+
+    assert resolve_hparams({})["augment_device"] == "auto"
+    assert augments_on_device("auto", cuda=True) and not augments_on_device("auto", cuda=False)
+    assert augments_on_device("gpu", cuda=False) and not augments_on_device("cpu", cuda=True)
+
+
 def test_layer_decay_and_gpu_augment_path_train(tmp_path):
     table = make_task_table(tmp_path, n=24)
     hp = tiny_hparams(epochs=1, layer_decay=0.75, augment_device="gpu", label_smoothing=0.1)

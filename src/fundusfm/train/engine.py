@@ -150,6 +150,13 @@ def lr_at(step: float, total: float, warmup: float, base: float, floor: float) -
     return floor + 0.5 * (base - floor) * (1 + math.cos(math.pi * t))
 
 
+def augments_on_device(choice: str, cuda: bool) -> bool:
+    """Where training batches are augmented: ``auto`` puts a CUDA job's augmentation on the
+    device (its workers only decode) and a CPU job's in the workers; both paths draw the
+    same distribution from the same per-sample seeds."""
+    return choice == "gpu" or (choice == "auto" and cuda)
+
+
 def _worker_init(_: int) -> None:
     import cv2
 
@@ -283,9 +290,7 @@ class Trainer:
         self.workers = workers
         local_bs = max(1, hp["batch_size"] // self.world)
         self.eval_bs = hp["eval_batch_size"] or 2 * local_bs
-        # a CUDA job's workers only decode; its batches are augmented on the device
-        # ("auto"), with the same distribution and per-sample seeds as the CPU path
-        gpu_aug = hp["augment_device"] == "gpu" or (hp["augment_device"] == "auto" and self.cuda)
+        gpu_aug = augments_on_device(hp["augment_device"], self.cuda)
         self.gpu_augment = GpuAugment(hp["augment"]) if gpu_aug else None
         tf = None if gpu_aug else CpuAugment(hp["augment"], hp["img_size"])
         ytr = self.targets["train"]
