@@ -34,7 +34,8 @@ from torch.utils.data import default_collate
 
 from fundusfm.models import create
 from fundusfm.preprocess.io import FORMATS, write_image
-from fundusfm.train.config import DEFAULT_AUGMENT, TaskSpec, resolve_hparams
+from fundusfm.task import TaskSpec
+from fundusfm.train.config import DEFAULT_AUGMENT, resolve_hparams
 from fundusfm.train.data import CpuAugment, FundusDataset, mix_seed
 from fundusfm.train.engine import RunSpec, Trainer
 
