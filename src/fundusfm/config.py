@@ -227,8 +227,10 @@ def local_gpu_count() -> int:
 # ---------------------------------------------------------------------------- grid
 
 def split_folds(task: dict) -> int:
-    split = task.get("split", {})
-    return split.get("folds", 5) if split.get("strategy", "kfold") == "kfold" else 1
+    """Fold columns of a task's table (the split's own defaults: :class:`SplitSpec`)."""
+    from fundusfm.data.splits import SplitSpec
+
+    return SplitSpec.from_dict(task.get("split")).n_folds
 
 
 def run_folds(task: dict) -> list[int]:
