@@ -2,8 +2,12 @@
 # The experiment and the study's parent run are created once, before any training job
 # (so parallel jobs never race to create them); each training job logs itself as it
 # finishes (rules/train.smk); a final sync logs everything from the result files and
-# is idempotent. An unreachable tracking store never fails a job: the records say so
-# and `fundusfm sync-mlflow` (or `snakemake -R sync_mlflow`) fills MLflow in later.
+# is idempotent. An unreachable tracking server never fails a job: the records say so
+# and `fundusfm sync-mlflow` (or `snakemake -R sync_mlflow`) fills MLflow in later. A
+# local SQLite store that is broken or stays locked fails the experiment and sync jobs
+# (so Snakemake retries them), never a training job. Every first use of a SQLite store
+# takes its file lock (<db>.lock), so parallel jobs meeting a new store never race
+# through MLflow's schema migration (fundusfm.tracking.store).
 
 
 rule mlflow_experiment:
