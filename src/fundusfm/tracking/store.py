@@ -137,8 +137,11 @@ def store_lock(uri: str, timeout: float | None = None):
         finally:
             _held[path][1] -= 1
         return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, output_mode())
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, output_mode())
+    except OSError as e:
+        raise StoreError(f"MLflow store {db}: cannot open its lock file {path}: {e}") from None
     deadline = time.monotonic() + timeout
     try:
         while True:
