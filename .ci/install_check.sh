@@ -11,11 +11,11 @@ PY="${PYTHON:-python3}"
 
 "$PY" -m venv "$work/venv"
 py="$work/venv/bin/python"
-"$py" -m pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
+"$py" -m pip install -q --no-compile --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
 # the conda env's pip pins (every `name==version` line), then the project itself, not editable
 sed -n 's/^ *- \([A-Za-z0-9_.-]*==[^ ]*\) *$/\1/p' "$repo/envs/fundusfm.yaml" > "$work/requirements.txt"
-"$py" -m pip install -q --disable-pip-version-check -r "$work/requirements.txt"
-"$py" -m pip install -q --disable-pip-version-check "$repo"
+"$py" -m pip install -q --no-compile --disable-pip-version-check -r "$work/requirements.txt"
+"$py" -m pip install -q --no-compile --disable-pip-version-check "$repo"
 
 cd "$work"  # nothing of the checkout importable from here
 where="$("$py" -c 'import fundusfm, pathlib; print(pathlib.Path(fundusfm.__file__).parent)')"
