@@ -60,3 +60,35 @@ def test_run_grid_is_task_init_fold_fraction_seed():
     assert {r.fraction for r in grid} == {"0.1", "1"}
     assert fcfg.pretrain_sources(c) == ["random"]
     assert fcfg.eval_sets(t) == ["test", "external_external"]
+
+
+def test_dataset_in_pretraining_and_a_task_is_refused_naming_both_keys():
+    c = demo()
+    c["tasks"]["drgrade"]["datasets"] = ["drgrade", "upstream"]
+    with pytest.raises(fcfg.ConfigError) as err:
+        fcfg.validate(c)
+    msg = str(err.value)
+    assert "tasks.drgrade.datasets" in msg and "pretrain.datasets" in msg and "'upstream'" in msg
+    assert "pretrain.also_in_tasks" in msg  # the way out is named
+    c = demo()
+    c["tasks"]["multidisease"]["external"] = ["upstream"]
+    with pytest.raises(fcfg.ConfigError, match=r"tasks\.multidisease\.external and pretrain\.datasets"):
+        fcfg.validate(c)
+
+
+def test_explicit_override_admits_a_shared_dataset():
+    c = demo()
+    c["tasks"]["drgrade"]["datasets"] = ["drgrade", "upstream"]
+    c["pretrain"]["also_in_tasks"] = ["upstream"]
+    assert fcfg.validate(c)["pretrain"]["also_in_tasks"] == ["upstream"]
+    c = demo()
+    c["pretrain"]["also_in_tasks"] = ["drgrade"]
+    with pytest.raises(fcfg.ConfigError, match="not a pretraining dataset"):
+        fcfg.validate(c)
+
+
+def test_two_folds_leave_no_training_fold_and_are_refused():
+    c = demo()
+    c["tasks"]["drgrade"]["split"]["folds"] = 2
+    with pytest.raises(fcfg.ConfigError, match=r"tasks\.drgrade\.split\.folds.*minimum of 3"):
+        fcfg.validate(c)

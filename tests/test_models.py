@@ -96,25 +96,48 @@ def _paper_release(tmp_path, num_classes=2):
     return net, path
 
 
-def test_paper_release_needs_trust_then_loads_fully_and_converts(tmp_path):
+def test_paper_release_needs_trust_then_loads_backbone_and_converts(tmp_path):
     net, path = _paper_release(tmp_path)
     model = create("resnet50", 2, head="paper")
+    fresh_fc3 = model.fc[3].weight.detach().clone()
     with pytest.raises(InitError, match="--trust-pickle"):
         load_init(model, f"checkpoint:{path}")
     report = load_init(model, f"checkpoint:{path}", trust_pickle=True)
-    assert not report.partial and not report.head_dropped and not report.head_reinitialised
-    assert len(report.loaded) == report.n_model_keys
+    # the whole head stays fresh by default (even where shapes fit), the backbone loads fully
+    head_keys = sorted(k for k in model.state_dict() if k.startswith("fc.") and not k.endswith("num_batches_tracked"))
+    assert not report.partial and sorted(report.head_reinitialised) == head_keys
+    assert len(report.loaded) == report.n_model_keys - len(head_keys)
     assert report.converted_to == str(path) + ".safetensors" and os.path.isfile(report.converted_to)
-    torch.testing.assert_close(model.fc[3].weight, net.fc[3].weight)
+    torch.testing.assert_close(model.fc[3].weight, fresh_fc3)
     torch.testing.assert_close(model.layer4[2].bn3.running_var, net.layer4[2].bn3.running_var)
-    # later loads read the safetensors conversion: no trust needed; new class count drops fc.3 only
-    other = create("resnet50", 5, head="paper")
-    r2 = load_init(other, f"checkpoint:{path}")
-    assert sorted(r2.head_dropped) == ["fc.3.bias", "fc.3.weight"]
+    # later loads read the safetensors conversion: no trust needed; carry_head='hidden'
+    # carries the 2048->512->BN block and never the final layer
+    other = create("resnet50", 2, head="paper")
+    r2 = load_init(other, f"checkpoint:{path}", carry_head="hidden")
     assert sorted(r2.head_reinitialised) == ["fc.3.bias", "fc.3.weight"]
+    assert "fc.0.weight" in r2.head_carried and "fc.1.running_var" in r2.head_carried
+    torch.testing.assert_close(other.fc[0].weight, net.fc[0].weight)
+    assert not torch.equal(other.fc[3].weight, net.fc[3].weight)
     # into timm's linear head: the whole paper head is dropped, the backbone loads
     r3 = load_init(create("resnet50", 2, head="timm"), f"checkpoint:{path}")
     assert not r3.partial and len(r3.head_dropped) == 8 and sorted(r3.head_reinitialised) == ["fc.bias", "fc.weight"]
+
+
+def test_two_class_task_from_fundus_init_starts_with_a_fresh_final_layer(tmp_path):
+    """Issue 14: a normal/abnormal checkpoint's classifier fits every 2-class task by shape;
+    it must not be carried (the arms would differ in more than the representation)."""
+    torch.manual_seed(1)
+    upstream = create("resnet10t", 2, head="timm")
+    path = tmp_path / "fundus.safetensors"
+    save_file(upstream.state_dict(), str(path))
+    torch.manual_seed(2)
+    task_model = create("resnet10t", 2, head="timm")
+    report = load_init(task_model, f"checkpoint:{path}")
+    assert sorted(report.head_reinitialised) == ["fc.bias", "fc.weight"]
+    assert not torch.equal(task_model.fc.weight, upstream.fc.weight)
+    torch.testing.assert_close(task_model.conv1[0].weight, upstream.conv1[0].weight)  # backbone carried
+    with pytest.raises(InitError, match="carry_head"):
+        load_init(create("resnet10t", 2), f"checkpoint:{path}", carry_head="all")
 
 
 def test_wrong_architecture_checkpoint_fails_clearly(tmp_path):
@@ -140,8 +163,8 @@ def test_own_checkpoint_with_other_head_size_drops_head(tmp_path):
     path = tmp_path / "model.safetensors"
     save_file(src.state_dict(), str(path))
     dst = create("resnet10t", 7, head="paper")
-    report = load_init(dst, f"checkpoint:{path}")
+    report = load_init(dst, f"checkpoint:{path}", carry_head="hidden")
     assert sorted(report.head_dropped) == ["fc.3.bias", "fc.3.weight"]
-    assert "fc.0.weight" in report.loaded
+    assert "fc.0.weight" in report.head_carried
     torch.testing.assert_close(dst.fc[0].weight, src.fc[0].weight)
     assert report.to_dict()["loaded"] == len(report.loaded)

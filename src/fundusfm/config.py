@@ -82,6 +82,7 @@ def _fill_defaults(config: dict) -> None:
     pt.setdefault("seed", config["seed"])
     pt.setdefault("exclude_overlaps", True)
     pt.setdefault("hparams", {})
+    pt.setdefault("also_in_tasks", [])
     for name, ds in config["datasets"].items():
         if "synth" in ds:
             ds.setdefault("root", f"{config['data_dir']}/{name}")
@@ -106,12 +107,24 @@ def _cross_check(config: dict):
     for ds in config["pretrain"]["datasets"]:
         if ds not in datasets:
             yield f"pretrain.datasets: unknown dataset {ds!r} (known: {', '.join(sorted(datasets))})"
+    pretrain = set(config["pretrain"]["datasets"])
+    allowed = set(config["pretrain"]["also_in_tasks"])
+    for ds in sorted(allowed - pretrain):
+        yield f"pretrain.also_in_tasks: {ds!r} is not a pretraining dataset (pretrain.datasets: {sorted(pretrain)})"
     named = set(config["inits"])
     for tname, task in config["tasks"].items():
         for key in ("datasets", "external"):
             for ds in task[key]:
                 if ds not in datasets:
                     yield f"tasks.{tname}.{key}: unknown dataset {ds!r} (known: {', '.join(sorted(datasets))})"
+        for key in ("datasets", "external"):
+            for ds in task.get(key, []):
+                if ds in pretrain and ds not in allowed:
+                    yield (
+                        f"tasks.{tname}.{key} and pretrain.datasets both use dataset {ds!r}: its images would be "
+                        f"pretrained on and then evaluated. Use separate datasets, or list {ds!r} under "
+                        "pretrain.also_in_tasks if you know why (the report then says so)"
+                    )
         both = set(task["datasets"]) & set(task["external"])
         if both:
             yield f"tasks.{tname}: {sorted(both)} both a development and an external dataset"

@@ -12,9 +12,14 @@
   layout is a *format* (:mod:`fundusfm.models.formats`: RETFound MAE, RETFound-Green,
   DINOv2, FLAIR, the paper's release, timm names), detected from the keys unless named.
 
-Every load returns a :class:`KeyReport`.  Head keys (timm's classifier attribute) that
-do not fit are dropped and the head keeps its fresh initialisation; anything else that
-does not match is a partial load, which fails unless ``allow_partial=True``.
+Every load returns a :class:`KeyReport`.  The final classifier layer always keeps its
+fresh initialisation, whatever its shape: every init then differs from the others only in
+the representation, never in a ready-made output (a 2-class task from a normal/abnormal
+checkpoint would otherwise start with the upstream classifier).  ``carry_head="hidden"``
+carries the *hidden* layers of a multi-layer head (the paper's 2048->512->BN->ReLU block)
+when their shapes fit; it is an explicit, named option (:data:`CARRY_HEAD`).  Anything
+beyond the head that does not match is a partial load, which fails unless
+``allow_partial=True``.
 """
 
 from __future__ import annotations
@@ -32,11 +37,14 @@ from torch import nn
 
 from fundusfm.fileio import atomic_write
 from fundusfm.hashing import sha256_file
-from fundusfm.models.factory import create, head_prefixes
+from fundusfm.models.factory import classifier_name, create, head_prefixes
 
 log = logging.getLogger(__name__)
 
 NESTED_KEYS = ("model", "state_dict", "model_state_dict", "module", "net", "teacher")  # teacher: DINOv2
+# what of a checkpoint's classification head a fine-tune starts from: nothing (default),
+# or its hidden layers (never the final layer)
+CARRY_HEAD = ("none", "hidden")
 
 
 class InitError(RuntimeError):
@@ -60,6 +68,8 @@ class KeyReport:
     shape_mismatch: list[str] = field(default_factory=list)  # "key: source (..) vs model (..)"
     head_reinitialised: list[str] = field(default_factory=list)  # head keys left at fresh init
     head_dropped: list[str] = field(default_factory=list)  # source head keys not used
+    head_carried: list[str] = field(default_factory=list)  # hidden head keys loaded (carry_head='hidden')
+    carry_head: str = "none"
     dropped: list[str] = field(default_factory=list)  # source keys dropped on purpose (MAE decoder)
     renamed: dict[str, str] = field(default_factory=dict)
     converted_to: str | None = None
@@ -79,6 +89,7 @@ class KeyReport:
             f"unexpected {len(self.unexpected)}",
             f"shape-mismatch {len(self.shape_mismatch)}",
             f"head re-initialised {len(self.head_reinitialised)}",
+            f"hidden head keys carried {len(self.head_carried)}",
             f"head keys dropped {len(self.head_dropped)}",
         ]
         if self.format:
@@ -104,14 +115,33 @@ def _is_ignorable(key: str) -> bool:
     return key.endswith("num_batches_tracked")
 
 
+def final_layer_prefix(model: nn.Module) -> str:
+    """State-dict prefix of the model's *final* classifier layer: the classifier itself
+    when it is one layer, else the last parametrised layer of a ``Sequential`` head."""
+    name = classifier_name(model)
+    clf = model.get_submodule(name)
+    if isinstance(clf, nn.Sequential):
+        last = [k for k, m in clf.named_children() if any(True for _ in m.parameters(recurse=True))]
+        if last:
+            return f"{name}.{last[-1]}."
+    return name + "."
+
+
 def match_state_dict(
-    model: nn.Module, state: dict[str, torch.Tensor], source: str
+    model: nn.Module, state: dict[str, torch.Tensor], source: str, carry_head: str = "none"
 ) -> tuple[dict[str, torch.Tensor], KeyReport]:
-    """Keep the entries of ``state`` that fit ``model`` and report the rest."""
+    """Keep the entries of ``state`` that fit ``model`` and report the rest.
+
+    Head keys are never kept, except the hidden head layers with ``carry_head='hidden'``;
+    the final classifier layer always stays fresh (see the module docstring).
+    """
+    if carry_head not in CARRY_HEAD:
+        raise InitError(f"carry_head must be one of {CARRY_HEAD}, got {carry_head!r}")
     target = model.state_dict()
     heads = head_prefixes(model)
+    final = final_layer_prefix(model)
     is_head = lambda k: k.startswith(heads)  # noqa: E731
-    report = KeyReport(source=source, n_model_keys=sum(not _is_ignorable(k) for k in target))
+    report = KeyReport(source=source, n_model_keys=sum(not _is_ignorable(k) for k in target), carry_head=carry_head)
     keep: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         if key not in target:
@@ -121,6 +151,10 @@ def match_state_dict(
                 report.head_dropped.append(key)
             elif not _is_ignorable(key):
                 report.unexpected.append(key)
+            continue
+        if is_head(key) and (carry_head == "none" or key.startswith(final)):
+            if not _is_ignorable(key):
+                report.head_dropped.append(key)
             continue
         if tuple(value.shape) != tuple(target[key].shape):
             if is_head(key):
@@ -132,7 +166,7 @@ def match_state_dict(
             continue
         keep[key] = value
         if not _is_ignorable(key):
-            report.loaded.append(key)
+            (report.head_carried if is_head(key) else report.loaded).append(key)
     for key in target:
         if key in keep or _is_ignorable(key):
             continue
@@ -234,17 +268,20 @@ def load_init(
     allow_partial: bool = False,
     imagenet_weights: str | os.PathLike | None = None,
     checkpoint_format: str = "auto",
+    carry_head: str = "none",
 ) -> KeyReport:
     """Load the init source ``init_spec`` into ``model`` in place and return the key report.
 
     ``checkpoint_format`` names the key layout of a ``checkpoint:`` file (one of
-    :func:`fundusfm.models.formats.names`; ``auto`` detects it from the keys).
+    :func:`fundusfm.models.formats.names`; ``auto`` detects it from the keys). The final
+    classifier layer is never loaded; ``carry_head='hidden'`` loads the hidden layers of a
+    multi-layer head (see :data:`CARRY_HEAD`).
 
     Raises :class:`InitError` when nothing of the backbone matches (wrong architecture),
     or when the match is partial beyond the head and ``allow_partial`` is False.
     """
     if init_spec == "random":
-        report = KeyReport(source="random", n_model_keys=len(model.state_dict()))
+        report = KeyReport(source="random", n_model_keys=len(model.state_dict()), carry_head=carry_head)
         log.info("init random: timm initialisation, nothing loaded")
         return report
     if init_spec == "imagenet":
@@ -265,7 +302,7 @@ def load_init(
     pre, raw = KeyReport(source=source), state
     ck = formats.checkpoint_from(state, path, unpickled=converted is not None)
     state = formats.convert(ck, model, pre, checkpoint_format)
-    keep, report = match_state_dict(model, state, source)
+    keep, report = match_state_dict(model, state, source, carry_head=carry_head)
     report.converted_to = converted
     formats.finish_report(report, pre)
     log.info("init %s", report.summary())

@@ -33,6 +33,9 @@ DEFAULT_HPARAMS: dict = {
     "label_smoothing": 0.0,
     "drop_rate": 0.0,
     "mode": "full",  # 'full' | 'linear_probe'
+    "carry_head": "none",  # 'none' | 'hidden': hidden head layers of a checkpoint (the final layer is always fresh)
+    "val_labels": "fraction",  # 'fraction': label fractions shrink validation too | 'full': keep it whole
+    "val_min_patients": 2,  # floor of validation patients per stratum under a label fraction
     "imbalance": "pos_weight",  # 'none' | 'pos_weight' | 'balanced_sampler'
     "monitor": "auroc",  # validation metric selecting the best epoch
     "patience": 10,  # early stopping: epochs without improvement (None = off)
@@ -51,6 +54,8 @@ DEFAULT_HPARAMS: dict = {
 HPARAM_CHOICES = {
     "head": ("timm", "paper"),
     "mode": ("full", "linear_probe"),
+    "carry_head": ("none", "hidden"),
+    "val_labels": ("fraction", "full"),
     "imbalance": ("none", "pos_weight", "balanced_sampler"),
     "amp": ("bf16", "none"),
     "augment_device": ("auto", "cpu", "gpu"),

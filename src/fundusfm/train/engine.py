@@ -206,7 +206,8 @@ class Trainer:
         if self.state is None:
             self.init_report = load_init(self.model, spec.init, trust_pickle=spec.trust_pickle,
                                          allow_partial=spec.allow_partial,
-                                         imagenet_weights=hp["imagenet_weights"]).to_dict()
+                                         imagenet_weights=hp["imagenet_weights"],
+                                         carry_head=hp["carry_head"]).to_dict()
         else:
             self.model.load_state_dict(self.state["model"])
             self.init_report = self.state["init_report"]
