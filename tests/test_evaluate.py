@@ -83,14 +83,30 @@ def test_paired_test_detects_better_model_and_needs_same_images():
         paired_auroc_test(strong, weak.iloc[:-1], TASK)
 
 
-def test_aggregation_mean_sd_and_retfound_interval():
-    agg = aggregate_values([0.8, 0.9, 1.0, None])
+def test_aggregation_mean_sd_and_students_t_interval():
+    agg = aggregate_values([0.75, 0.8, 0.85, None], "auroc")
     assert agg["n"] == 3 and agg["n_undefined"] == 1
-    assert agg["mean"] == pytest.approx(0.9)
-    assert agg["sd"] == pytest.approx(0.1)  # sample sd, ddof=1
-    assert agg["ci_lo"] == pytest.approx(0.9 - 1.96 * 0.1 / math.sqrt(3))
+    assert agg["mean"] == pytest.approx(0.8)
+    assert agg["sd"] == pytest.approx(0.05)  # sample sd, ddof=1
+    t975_2df = 4.302652729911275  # Student's t, 2 degrees of freedom (tables)
+    assert agg["ci_lo"] == pytest.approx(0.8 - t975_2df * 0.05 / math.sqrt(3))
+    assert agg["ci_hi"] == pytest.approx(0.8 + t975_2df * 0.05 / math.sqrt(3))
     one = aggregate_values([0.7])
     assert one["sd"] is None and one["ci_lo"] is None and one["mean"] == 0.7
+
+
+def test_two_runs_give_a_range_and_no_interval():
+    two = aggregate_values([0.3, 0.9], "sensitivity")
+    assert two["ci_lo"] is None and two["ci_hi"] is None
+    assert (two["range_lo"], two["range_hi"]) == (0.3, 0.9)
+
+
+def test_interval_bounds_stay_inside_the_metric_range():
+    # the sensitivity at n = 3 with a wide spread: t bounds cut to [0, 1]
+    agg = aggregate_values([0.0, 0.3, 0.9], "sensitivity")
+    assert 0.0 <= agg["ci_lo"] < agg["ci_hi"] <= 1.0 and agg["ci_lo"] == 0.0
+    kappa = aggregate_values([-0.9, 0.0, 0.9], "kappa_quadratic")
+    assert kappa["ci_lo"] == -1.0 and kappa["ci_hi"] == 1.0
 
 
 def test_duplicate_runs_rejected():
@@ -158,7 +174,7 @@ def test_evaluate_without_val_reports_threshold_metrics_as_undefined(study, tmp_
     assert "val-predictions" in new["undefined"]["sensitivity_val_threshold"]
 
 
-CELL = re.compile(r"(-?\d+\.\d+) ± (\d+\.\d+) \[(-?\d+\.\d+), (-?\d+\.\d+)\]")
+CELL = re.compile(r"(-?\d+\.\d+) \(range (-?\d+\.\d+)–(-?\d+\.\d+)\)")
 
 
 def test_table_files_parse_back_to_metric_json_numbers(study, tmp_path):
@@ -170,15 +186,16 @@ def test_table_files_parse_back_to_metric_json_numbers(study, tmp_path):
 
     def expected(set_name, init, frac, metric="auroc"):
         v = [r["metrics"][metric] for r in recs if (r["set"], r["init"], r["fraction"]) == (set_name, init, frac)]
-        m, sd = np.mean(v), np.std(v, ddof=1)
-        return m, sd, m - 1.96 * sd / math.sqrt(len(v)), m + 1.96 * sd / math.sqrt(len(v))
+        return np.mean(v), min(v), max(v)
 
     csv = pd.read_csv(prefix.with_suffix(".csv"))
     assert len(csv) == 2 * 3 * 2  # sets x inits x fractions
     for _, r in csv.iterrows():
         e = expected(r["set"], r["init"], r["fraction"])
-        assert [r["auroc__mean"], r["auroc__sd"], r["auroc__ci_lo"], r["auroc__ci_hi"]] == pytest.approx(e)
-        assert r["auroc__n"] == 2
+        assert [r["auroc__mean"], r["auroc__range_lo"], r["auroc__range_hi"]] == pytest.approx(e)
+        assert r["auroc__n"] == 2 and np.isnan(r["auroc__ci_lo"])  # n = 2: a range, no interval
+        # the headline interval (runs + patients) exists for internal and external sets alike
+        assert 0 <= r["auroc__hl_lo"] <= r["auroc__hl_hi"] <= 1
     # comparison columns vs random exist and random vs itself is empty
     assert "auroc__p_vs_random" in csv.columns
     assert csv.loc[csv["init"] == "random", "auroc__p_vs_random"].isna().all()
@@ -199,7 +216,9 @@ def test_table_files_parse_back_to_metric_json_numbers(study, tmp_path):
             assert got == pytest.approx(expected(section, init, frac), abs=6e-4)
             n_checked += 1
     assert n_checked == 12
-    tex_cells = re.findall(r"(-?\d+\.\d+) \$\\pm\$ (\d+\.\d+) \[(-?\d+\.\d+), (-?\d+\.\d+)\]", tex)
+    assert "Rows with n = 2: mean and the range of the two runs, no across-run interval" in md
+    assert "run-to-run variation and patient sampling" in md
+    tex_cells = re.findall(r"(-?\d+\.\d+) \(range (-?\d+\.\d+)--(-?\d+\.\d+)\)", tex)
     assert len(tex_cells) >= 12
     first_md = [float(x) for x in CELL.search(md).groups()]
     assert [float(x) for x in tex_cells[0]] == pytest.approx(first_md)

@@ -1,10 +1,13 @@
 """Aggregation of per-run metrics over folds and seeds.
 
 Per (set, init, fraction) and metric: mean, sample standard deviation (ddof=1), number
-of runs, and RETFound's interval mean +/- 1.96 * sd / sqrt(n). Runs whose metric is
-undefined are excluded from that metric and counted (``n_undefined``). With a single
-run, sd and the across-run interval do not exist; the run's own bootstrap interval is
-carried instead (``boot_lo`` / ``boot_hi``).
+of runs, the runs' range, and -- with at least :data:`MIN_RUNS_FOR_INTERVAL` runs -- the
+across-run 95% interval mean +/- t(0.975, n-1) * sd / sqrt(n) (Student's t with n - 1
+degrees of freedom; the normal 1.96 covers about 70% at n = 2). With fewer runs there
+is no across-run interval: the table shows the runs' range and says so. No bound lies
+outside the metric's range (:func:`metric_range`). Runs whose metric is undefined are
+excluded from that metric and counted (``n_undefined``). With a single run, the run's
+own patient-bootstrap interval is carried (``boot_lo`` / ``boot_hi``).
 """
 
 from __future__ import annotations
@@ -14,28 +17,54 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
-Z95 = 1.96
+LEVEL = 0.95
+MIN_RUNS_FOR_INTERVAL = 3
 GROUP_KEYS = ("set", "init", "fraction")
-AGG_COLUMNS = ["n", "n_undefined", "mean", "sd", "half_width", "ci_lo", "ci_hi", "boot_lo", "boot_hi"]
+AGG_COLUMNS = ["n", "n_undefined", "mean", "sd", "half_width", "ci_lo", "ci_hi", "range_lo", "range_hi",
+               "boot_lo", "boot_hi"]
+# metrics whose values are not in [0, 1]
+METRIC_RANGES = {"kappa_quadratic": (-1.0, 1.0), "kappa": (-1.0, 1.0)}
 # preferred display order of inits; others follow alphabetically
 INIT_ORDER = ("random", "imagenet", "fundus", "imagenet+fundus")
 
 
-def aggregate_values(values: Sequence[float | None]) -> dict:
-    """Mean, sd (ddof=1), n and the 1.96 * sd / sqrt(n) interval of the defined values."""
+def metric_range(metric: str) -> tuple[float, float]:
+    """The values a metric can take (``auroc:dr`` has the range of ``auroc``)."""
+    return METRIC_RANGES.get(metric.partition(":")[0], (0.0, 1.0))
+
+
+def clip_to_range(lo: float, hi: float, metric: str | None) -> tuple[float, float]:
+    """An interval cut to the metric's range (a printed bound never lies outside it)."""
+    if metric is None:
+        return lo, hi
+    a, b = metric_range(metric)
+    return float(min(max(lo, a), b)), float(min(max(hi, a), b))
+
+
+def t_half_width(sd: float, n: int, level: float = LEVEL) -> float:
+    """Half-width of Student's t interval of a mean of ``n`` values (n - 1 df)."""
+    return float(stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n))
+
+
+def aggregate_values(values: Sequence[float | None], metric: str | None = None) -> dict:
+    """Mean, sd (ddof=1), n, range and (n >= 3) Student's t interval of the defined values,
+    the interval cut to ``metric``'s range."""
     vals = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
     n = int(len(vals))
     out = {"n": n, "n_undefined": int(len(values) - n), "mean": None, "sd": None,
-           "half_width": None, "ci_lo": None, "ci_hi": None}
+           "half_width": None, "ci_lo": None, "ci_hi": None, "range_lo": None, "range_hi": None}
     if n == 0:
         return out
     mean = float(vals.mean())
-    out["mean"] = mean
+    out.update(mean=mean, range_lo=float(vals.min()), range_hi=float(vals.max()))
     if n >= 2:
-        sd = float(vals.std(ddof=1))
-        h = Z95 * sd / math.sqrt(n)
-        out.update(sd=sd, half_width=h, ci_lo=mean - h, ci_hi=mean + h)
+        out["sd"] = float(vals.std(ddof=1))
+    if n >= MIN_RUNS_FOR_INTERVAL:
+        h = t_half_width(out["sd"], n)
+        lo, hi = clip_to_range(mean - h, mean + h, metric)
+        out.update(half_width=h, ci_lo=lo, ci_hi=hi)
     return out
 
 
@@ -67,13 +96,13 @@ def aggregate_records(records: Sequence[dict], metrics: Sequence[str] | None = N
     for (s, init, frac), recs in groups.items():
         for m in metrics:
             vals = [r["metrics"].get(m) for r in recs]
-            agg = aggregate_values(vals)
+            agg = aggregate_values(vals, m)
             agg["boot_lo"] = agg["boot_hi"] = None
             if agg["n"] == 1:
                 r1 = next(r for r in recs if r["metrics"].get(m) is not None)
                 ci = (r1.get("ci") or {}).get(m)
                 if ci:
-                    agg["boot_lo"], agg["boot_hi"] = ci
+                    agg["boot_lo"], agg["boot_hi"] = clip_to_range(*ci, m)
             rows.append({"set": s, "init": init, "fraction": frac, "metric": m, **agg})
     df = pd.DataFrame(rows, columns=[*GROUP_KEYS, "metric", *AGG_COLUMNS])
     return sort_runs(df)

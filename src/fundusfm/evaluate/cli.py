@@ -66,7 +66,7 @@ def table_main(argv: list[str] | None = None) -> int:
     """``fundusfm table``: the study table of one task (CSV, Markdown, LaTeX)."""
     from fundusfm.evaluate.aggregate import aggregate_records
     from fundusfm.evaluate.metrics import headline_metrics
-    from fundusfm.evaluate.study import compare_inits, load_records
+    from fundusfm.evaluate.study import compare_inits, headline_intervals, load_records
     from fundusfm.evaluate.tables import wide_table, write_tables
     from fundusfm.task import TaskSpec
 
@@ -99,7 +99,11 @@ def table_main(argv: list[str] | None = None) -> int:
     if ref is not None:
         pooled, per_run = compare_inits(recs, spec, ref, metric=args.compare_metric, n_boot=args.n_boot,
                                         seed=args.seed, root=args.predictions_root)
-    wide = wide_table(long, pooled)
+    headline = None
+    if args.compare_metric in shown and args.n_boot > 0:
+        headline = headline_intervals(recs, spec, metric=args.compare_metric, n_boot=args.n_boot,
+                                      seed=args.seed, root=args.predictions_root)
+    wide = wide_table(long, pooled, headline)
     paths = write_tables(wide, shown, args.task, args.out_prefix)
     comp_path = Path(args.out_prefix).with_name(Path(args.out_prefix).name + "_comparisons.csv")
     if per_run is None:  # no reference among the runs: a declared output all the same, header only

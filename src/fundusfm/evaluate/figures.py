@@ -148,7 +148,8 @@ def plot_curves(runs, spec: TaskSpec, kind: str, path: Path, title: str) -> Path
 
 
 def plot_label_efficiency(records, spec: TaskSpec, set_name: str, path: Path, metric: str = "auroc") -> Path:
-    """Metric vs label fraction per init (mean ± 1.96·sd/√n over runs)."""
+    """Metric vs label fraction per init (band: Student's t 95% interval over n >= 3 runs,
+    the runs' range at n = 2, the run's bootstrap CI at n = 1)."""
     long = aggregate_records([r for r in records if r["set"] == set_name], metrics=[metric])
     fig, ax = plt.subplots(figsize=(5.5, 4))
     inits = sorted(set(long["init"]), key=init_rank)
@@ -160,8 +161,8 @@ def plot_label_efficiency(records, spec: TaskSpec, set_name: str, path: Path, me
         x = sub["fraction"].to_numpy() * 100
         m = sub["mean"].to_numpy(dtype=float)
         ax.plot(x, m, marker="o", color=colors[init], label=init)
-        lo = sub["ci_lo"].fillna(sub["boot_lo"]).to_numpy(dtype=float)
-        hi = sub["ci_hi"].fillna(sub["boot_hi"]).to_numpy(dtype=float)
+        lo = sub["ci_lo"].fillna(sub["range_lo"].where(sub["n"] == 2)).fillna(sub["boot_lo"]).to_numpy(dtype=float)
+        hi = sub["ci_hi"].fillna(sub["range_hi"].where(sub["n"] == 2)).fillna(sub["boot_hi"]).to_numpy(dtype=float)
         ok = np.isfinite(lo) & np.isfinite(hi)
         ax.fill_between(x[ok], lo[ok], hi[ok], color=colors[init], alpha=0.2, lw=0)
     ax.set_xscale("log")

@@ -11,8 +11,10 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from fundusfm.evaluate.aggregate import clip_to_range
 from fundusfm.evaluate.compare import delong_test, metric_getter, paired_bootstrap_runs
 from fundusfm.evaluate.io import align_predictions, patient_groups, read_metrics_json, to_arrays
 from fundusfm.evaluate.metrics import Undefined
@@ -116,6 +118,95 @@ def compare_inits(
     per_run = pd.DataFrame(run_rows, columns=["set", "init", "fraction", "fold", "seed", "reference", "metric",
                                               "diff", "delong_z", "delong_p", "skipped"])
     return pooled, per_run
+
+
+def runs_and_patients_interval(
+    runs: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    metric_fn,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict:
+    """Two-level bootstrap of the across-run mean of a metric: the headline interval.
+
+    ``runs``: ``(y, P, groups)`` per run (folds x seeds) on one evaluated set. Each
+    resample draws the runs with replacement (run-to-run variation: seeds, fold
+    models) and, within them, the patients with replacement (sampling of the evaluated
+    patients; a patient seen by several runs is drawn the same number of times in each,
+    as in the paired comparisons), then averages the metric over the drawn runs. The
+    percentile interval of those means covers both sources of uncertainty, for internal
+    and external sets alike. Runs whose metric is undefined are left out beforehand.
+    Returns ``{"lo", "hi", "n_runs", "n_boot", "n_valid"}`` (``lo``/``hi`` None when
+    undefined in every resample).
+    """
+    out = {"lo": None, "hi": None, "n_runs": len(runs), "n_boot": int(n_boot), "n_valid": 0}
+    if not runs or n_boot < 1:
+        return out
+    keys = np.concatenate([np.asarray(r[2]) for r in runs])
+    codes_all, uniques = pd.factorize(keys, sort=True)
+    bounds = np.cumsum([0] + [len(r[0]) for r in runs])
+    codes = [codes_all[bounds[i]:bounds[i + 1]] for i in range(len(runs))]
+    rng = np.random.default_rng(seed)
+    n_pat = len(uniques)
+    counts = np.stack([np.bincount(rng.integers(0, n_pat, size=n_pat), minlength=n_pat) for _ in range(n_boot)])
+    run_draw = rng.integers(0, len(runs), size=(n_boot, len(runs)))
+    resampled = getattr(metric_fn, "resampled", None)
+    M = np.full((len(runs), n_boot), np.nan)
+    for r, ((y, P, _), c) in enumerate(zip(runs, codes)):
+        if resampled is not None:
+            M[r] = resampled(y, P, counts[:, c])
+        else:
+            for b in range(n_boot):
+                idx = np.repeat(np.arange(len(c)), counts[b][c])
+                v = metric_fn(y[idx], P[idx])
+                M[r, b] = np.nan if v is None else v
+    vals = M[run_draw, np.arange(n_boot)[:, None]]  # (n_boot, n_runs): the drawn runs' values
+    ok = ~np.isnan(vals).any(axis=1)  # a resample where a drawn run is undefined is left out
+    if not ok.any():
+        return out
+    means = vals[ok].mean(axis=1)
+    a = (1 - level) / 2
+    lo, hi = np.quantile(means, [a, 1 - a])
+    return {**out, "lo": float(lo), "hi": float(hi), "n_valid": int(ok.sum())}
+
+
+def headline_intervals(
+    records: Sequence[dict],
+    spec: TaskSpec,
+    metric: str = "auroc",
+    n_boot: int = 1000,
+    seed: int = 0,
+    root=None,
+) -> pd.DataFrame:
+    """Per (set, init, fraction): the runs-and-patients interval of ``metric``
+    (:func:`runs_and_patients_interval`), cut to the metric's range.
+
+    Columns ``set, init, fraction, metric, hl_lo, hl_hi, hl_n_runs, hl_n_boot``. Runs
+    without predictions or with the metric undefined are not used (counted elsewhere).
+    """
+    fn = metric_getter(spec, metric)
+    groups: dict[tuple, list] = {}
+    for rec in sorted(records, key=lambda r: str(r.get("_path"))):
+        key = (rec["set"], rec["init"], float(rec["fraction"]))
+        groups.setdefault(key, [])
+        if rec["metrics"].get(metric) is None:
+            continue
+        pred = load_predictions(rec, spec, root)
+        if pred is None:
+            log.warning("headline interval: predictions of %s not found; run left out", rec.get("_path"))
+            continue
+        y, P = to_arrays(pred, spec)
+        groups[key].append((y, P, patient_groups(pred)))
+    rows = []
+    for (s, init, frac), runs in groups.items():
+        res = runs_and_patients_interval(runs, fn, n_boot=n_boot, seed=seed)
+        lo, hi = (res["lo"], res["hi"]) if res["lo"] is not None else (None, None)
+        if lo is not None:
+            lo, hi = clip_to_range(lo, hi, metric)
+        rows.append({"set": s, "init": init, "fraction": frac, "metric": metric, "hl_lo": lo, "hl_hi": hi,
+                     "hl_n_runs": res["n_runs"], "hl_n_boot": res["n_boot"]})
+    return pd.DataFrame(rows, columns=["set", "init", "fraction", "metric", "hl_lo", "hl_hi", "hl_n_runs",
+                                       "hl_n_boot"])
 
 
 def best_run(records: Sequence[dict], metric: str = "auroc", set_name: str = "test") -> dict:

@@ -1,11 +1,15 @@
 """Paper-style study tables of one task: CSV (every number), Markdown and LaTeX (display).
 
 One block per evaluation set (internal test first, then each external set); rows are
-init x label fraction; a cell reads ``mean ± sd [lo, hi]`` with the across-run interval
-mean ± 1.96·sd/√n (n = folds x seeds). A cell from a single run reads ``value [lo, hi]``
-with that run's patient-bootstrap 95% CI and is marked with a dagger. Comparison columns
-give the mean difference in the headline metric versus the reference init and the
-paired patient-bootstrap p-value.
+init x label fraction; a cell reads ``mean ± sd [lo, hi]`` with Student's t 95% interval
+over the n runs (n - 1 df; n = folds x seeds) when n >= 3, ``mean (range lo–hi)`` when
+n = 2 (too few runs for an across-run interval), and ``value [lo, hi]†`` for a single run
+(its patient-bootstrap 95% CI). The headline column holds the interval combining
+run-to-run variation with patient sampling (two-level bootstrap of the across-run mean,
+:func:`fundusfm.evaluate.study.headline_intervals`). Comparison columns give the mean
+difference in the compared metric versus the reference init and the paired
+patient-bootstrap p-value. No bound lies outside the metric's range. The caption under
+each block, generated from the numbers, says which interval a cell holds and over what n.
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from fundusfm.evaluate.aggregate import AGG_COLUMNS, sort_runs
+from fundusfm.evaluate.aggregate import AGG_COLUMNS, LEVEL, MIN_RUNS_FOR_INTERVAL, sort_runs
 
 DIGITS = 3
 SINGLE_RUN_MARK = "†"
+HEADLINE_MARK = "‡"
 LABELS = {
     "auroc": "AUROC", "auroc_micro": "AUROC (micro)", "aupr": "AUPR", "aupr_micro": "AUPR (micro)",
     "accuracy": "Accuracy", "balanced_accuracy": "Bal. accuracy", "f1_macro": "Macro F1",
@@ -35,12 +40,15 @@ def metric_label(m: str) -> str:
     return f"{lab} ({cls})" if cls else lab
 
 
-def wide_table(long: pd.DataFrame, comparisons: pd.DataFrame | None = None) -> pd.DataFrame:
+def wide_table(long: pd.DataFrame, comparisons: pd.DataFrame | None = None,
+               headline: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per (set, init, fraction); per metric the columns ``<metric>__<stat>``.
 
     ``comparisons`` (optional): rows with ``set, init, fraction, metric, reference,
     diff, diff_lo, diff_hi, p_value, n_runs`` become columns ``<metric>__diff_vs_<ref>``,
-    ``<metric>__p_vs_<ref>`` etc.
+    ``<metric>__p_vs_<ref>`` etc. ``headline`` (optional, from
+    :func:`fundusfm.evaluate.study.headline_intervals`) becomes ``<metric>__hl_lo``,
+    ``<metric>__hl_hi``, ``<metric>__hl_n_runs``, ``<metric>__hl_n_boot``.
     """
     idx = ["set", "init", "fraction"]
     if long.empty:
@@ -60,6 +68,11 @@ def wide_table(long: pd.DataFrame, comparisons: pd.DataFrame | None = None) -> p
             cols = sub.set_index(idx)[["diff", "diff_lo", "diff_hi", "p_value", "n_runs"]]
             cols.columns = [f"{m}__{c}_vs_{ref}" for c in ("diff", "diff_lo", "diff_hi", "p", "n_runs")]
             wide = wide.set_index(idx).join(cols).reset_index()
+    if headline is not None and not headline.empty:
+        for m, sub in headline.groupby("metric", sort=False):
+            cols = sub.set_index(idx)[["hl_lo", "hl_hi", "hl_n_runs", "hl_n_boot"]]
+            cols.columns = [f"{m}__{c}" for c in cols.columns]
+            wide = wide.set_index(idx).join(cols).reset_index()
     return sort_runs(wide)
 
 
@@ -72,16 +85,30 @@ def _defined(x) -> bool:
 
 
 def format_cell(row: pd.Series, metric: str, digits: int = DIGITS) -> str:
-    """``mean ± sd [lo, hi]``; single run: ``value [boot lo, boot hi]†``; none: ``n/a``."""
+    """``mean ± sd [t lo, t hi]`` (n >= 3); ``mean (range lo–hi)`` (n = 2); single run:
+    ``value [boot lo, boot hi]†``; none: ``n/a``."""
     g = lambda c: row.get(f"{metric}__{c}")  # noqa: E731
     n = g("n")
     if not _defined(g("mean")) or not n:
         return "n/a"
-    if _defined(g("sd")):
+    if _defined(g("ci_lo")):
         return f"{_num(g('mean'), digits)} ± {_num(g('sd'), digits)} [{_num(g('ci_lo'), digits)}, {_num(g('ci_hi'), digits)}]"
+    if n >= 2 and _defined(g("range_lo")):
+        return f"{_num(g('mean'), digits)} (range {_num(g('range_lo'), digits)}–{_num(g('range_hi'), digits)})"
     if _defined(g("boot_lo")):
         return f"{_num(g('mean'), digits)} [{_num(g('boot_lo'), digits)}, {_num(g('boot_hi'), digits)}]{SINGLE_RUN_MARK}"
     return f"{_num(g('mean'), digits)}{SINGLE_RUN_MARK}"
+
+
+def format_headline(row: pd.Series, metric: str, digits: int = DIGITS) -> str:
+    lo, hi = row.get(f"{metric}__hl_lo"), row.get(f"{metric}__hl_hi")
+    if not _defined(lo):
+        return "n/a"
+    return f"[{_num(lo, digits)}, {_num(hi, digits)}]"
+
+
+def headline_column(metric: str) -> str:
+    return f"{metric_label(metric)} {LEVEL:.0%} CI{HEADLINE_MARK}"
 
 
 def format_p(p) -> str:
@@ -99,14 +126,20 @@ def display_blocks(wide: pd.DataFrame, metrics: Sequence[str], digits: int = DIG
     the comparison columns present in ``wide``."""
     blocks = {}
     comp_cols = [c for c in wide.columns if "__diff_vs_" in c]
+    hl_metrics = [c[: -len("__hl_lo")] for c in wide.columns if c.endswith("__hl_lo")]
     for s in dict.fromkeys(wide["set"]):
         sub = wide[wide["set"] == s]
         rows = []
         for _, r in sub.iterrows():
             d = {"Init": r["init"], "Labels": format_fraction(r["fraction"]), "n": str(int(r["n_runs"]))}
+            first = metrics[0] if metrics else None
+            if first is not None and _defined(r.get(f"{first}__n_undefined")) and r[f"{first}__n_undefined"]:
+                d["n"] += f" ({int(r[f'{first}__n_undefined'])} undefined)"
             for m in metrics:
                 if f"{m}__mean" in wide.columns:
                     d[metric_label(m)] = format_cell(r, m, digits)
+                if m in hl_metrics:
+                    d[headline_column(m)] = format_headline(r, m, digits)
             for c in comp_cols:
                 m, ref = c.split("__diff_vs_")
                 diff, p = r.get(c), r.get(f"{m}__p_vs_{ref}")
@@ -129,8 +162,40 @@ def set_title(s: str) -> str:
     return s
 
 
-def to_markdown(blocks: dict[str, pd.DataFrame], task: str) -> str:
+def caption(wide: pd.DataFrame, set_name: str, metrics: Sequence[str]) -> str:
+    """What the cells of one block are, and over what n, from the numbers themselves."""
+    sub = wide[wide["set"] == set_name]
+    first = metrics[0] if metrics else None
+    ns = sorted({int(x) for x in sub.get(f"{first}__n", pd.Series(dtype=float)).dropna()}) if first else []
+    parts = [f"n = runs (folds × seeds) per row: {', '.join(map(str, ns)) or 'none'}."]
+    if any(n >= MIN_RUNS_FOR_INTERVAL for n in ns):
+        parts.append(f"Rows with n ≥ {MIN_RUNS_FOR_INTERVAL}: mean ± sd [Student's t {LEVEL:.0%} interval of the "
+                     "mean over the n runs, n − 1 degrees of freedom].")
+    if 2 in ns:
+        parts.append(f"Rows with n = 2: mean and the range of the two runs, no across-run interval "
+                     f"(fewer than {MIN_RUNS_FOR_INTERVAL} runs).")
+    if 1 in ns:
+        parts.append(f"{SINGLE_RUN_MARK}: a single run, with its patient-bootstrap {LEVEL:.0%} CI.")
+    hl = [c for c in sub.columns if c.endswith("__hl_lo")]
+    if hl:
+        m = hl[0][: -len("__hl_lo")]
+        nb = sub.get(f"{m}__hl_n_boot", pd.Series(dtype=float)).dropna()
+        parts.append(f"{HEADLINE_MARK}: {LEVEL:.0%} interval of the across-run mean of {metric_label(m)} combining "
+                     "run-to-run variation and patient sampling (bootstrap: the n runs drawn with replacement, "
+                     f"then the evaluated patients with replacement; {int(nb.iloc[0]) if len(nb) else '?'} resamples).")
+    if any("__diff_vs_" in c for c in sub.columns):
+        parts.append("Δ: mean paired difference vs the reference init on the same images, p from a paired "
+                     "patient bootstrap.")
+    parts.append("No bound lies outside the metric's range; 'undefined' counts runs where the metric "
+                 "could not be computed (left out of n).")
+    return " ".join(parts)
+
+
+def to_markdown(blocks: dict[str, pd.DataFrame], task: str, captions: dict[str, str] | None = None,
+                card: str | None = None) -> str:
     out = [f"# {task}", ""]
+    if card:
+        out += [card.rstrip(), ""]
     for s, df in blocks.items():
         out += [f"## {set_title(s)}", ""]
         cols = list(df.columns)
@@ -139,24 +204,21 @@ def to_markdown(blocks: dict[str, pd.DataFrame], task: str) -> str:
         for _, r in df.iterrows():
             out.append("| " + " | ".join(str(r[c]).replace("|", "\\|") for c in cols) + " |")
         out.append("")
-    out.append(
-        "Cells: mean ± sd [mean ± 1.96·sd/√n] over folds × seeds (n runs); "
-        f"{SINGLE_RUN_MARK}: a single run, with its patient-bootstrap 95% CI. "
-        "Δ: mean paired difference vs the reference init, p from a paired patient bootstrap."
-    )
+        if captions and s in captions:
+            out += [captions[s], ""]
     return "\n".join(out) + "\n"
 
 
 _TEX_ESCAPE = {"&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$", "{": r"\{", "}": r"\}",
                "±": r"$\pm$", "Δ": r"$\Delta$", "κ": r"$\kappa$", "†": r"$^\dagger$", "—": "--",
-               "<": r"$<$"}
+               "<": r"$<$", "‡": r"$^\ddagger$", "≥": r"$\geq$", "−": "-", "×": r"$\times$", "–": "--"}
 
 
 def tex_escape(s: str) -> str:
     return "".join(_TEX_ESCAPE.get(ch, ch) for ch in str(s))
 
 
-def to_latex(blocks: dict[str, pd.DataFrame], task: str) -> str:
+def to_latex(blocks: dict[str, pd.DataFrame], task: str, captions: dict[str, str] | None = None) -> str:
     """Booktabs tables, one per set (needs ``\\usepackage{booktabs}``)."""
     out = [f"% study table of task {task} (generated by fundusfm table)"]
     for s, df in blocks.items():
@@ -167,18 +229,23 @@ def to_latex(blocks: dict[str, pd.DataFrame], task: str) -> str:
                 " & ".join(tex_escape(c) for c in cols) + r" \\", r"\midrule"]
         for _, r in df.iterrows():
             out.append(" & ".join(tex_escape(r[c]) for c in cols) + r" \\")
-        out += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+        out += [r"\bottomrule", r"\end{tabular}"]
+        if captions and s in captions:
+            out += [r"\par\smallskip{\tiny " + tex_escape(captions[s]) + "}"]
+        out += [r"\end{table}", ""]
     return "\n".join(out)
 
 
 def write_tables(wide: pd.DataFrame, metrics: Sequence[str], task: str, out_prefix: str | Path,
-                 digits: int = DIGITS) -> list[Path]:
-    """Write ``<prefix>.csv`` (all numbers), ``<prefix>.md`` and ``<prefix>.tex``."""
+                 digits: int = DIGITS, card: str | None = None) -> list[Path]:
+    """Write ``<prefix>.csv`` (all numbers), ``<prefix>.md`` (the protocol ``card`` first)
+    and ``<prefix>.tex``."""
     prefix = Path(out_prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     paths = [prefix.with_name(prefix.name + ext) for ext in (".csv", ".md", ".tex")]
     wide.to_csv(paths[0], index=False, float_format="%.10g")
     blocks = display_blocks(wide, metrics, digits)
-    paths[1].write_text(to_markdown(blocks, task))
-    paths[2].write_text(to_latex(blocks, task))
+    captions = {s: caption(wide, s, metrics) for s in blocks}
+    paths[1].write_text(to_markdown(blocks, task, captions, card))
+    paths[2].write_text(to_latex(blocks, task, captions))
     return paths
