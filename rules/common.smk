@@ -121,6 +121,11 @@ def split_inputs(wildcards):
         and "dataset" not in wildcards.keys()
     ):
         inputs["exclude"] = f"{R}/overlap/exclude_from_pretraining.csv"
+    if "dataset" in wildcards.keys():
+        # an external set leaves out its near-duplicates of the task's development images
+        inputs["dedup"] = [
+            f"{R}/preprocessed/{d}/qc.csv" for d in config["tasks"][wildcards.task]["datasets"]
+        ]
     return inputs
 
 
@@ -131,6 +136,9 @@ def split_args(wildcards, input):
     args += ["--preprocessed"] + [f"{d}={R}/preprocessed/{d}" for d in dss]
     if "exclude" in input.keys():
         args += ["--exclude", input.exclude]
+    if "dedup" in input.keys():
+        devs = config["tasks"][wildcards.task]["datasets"]
+        args += ["--dedup-against"] + [f"{d}={q}" for d, q in zip(devs, input.dedup)]
     return " ".join(shlex.quote(a) for a in args)
 
 

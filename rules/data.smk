@@ -82,7 +82,8 @@ rule preprocess:
 
 
 rule overlap:
-    """Perceptual-hash duplicates between pretraining data and downstream evaluation sets."""
+    """Every near-duplicate pair of the study (pretraining vs downstream, development vs
+    external, within development) and what was done with it."""
     input:
         qc=[f"{R}/preprocessed/{d}/qc.csv" for d in DATASETS],
     output:
@@ -106,9 +107,17 @@ rule overlap:
                 - set(config["pretrain"]["datasets"])
             )
         ),
+        tasks=" ".join(
+            f"{name}={','.join(t['datasets'])}:{','.join(t['external'])}"
+            for name, t in sorted(config["tasks"].items())
+        ),
+        keep=""
+        if config["pretrain"]["exclude_overlaps"]
+        else "--keep-upstream-overlaps",
     shell:
         "fundusfm overlap --qc {params.qc} --upstream {params.upstream} "
-        "--evaluation {params.evaluation} --out {output.report} --exclude-out {output.exclude} > {log} 2>&1"
+        "--evaluation {params.evaluation} --task {params.tasks} {params.keep} "
+        "--out {output.report} --exclude-out {output.exclude} > {log} 2>&1"
 
 
 rule split:

@@ -109,7 +109,7 @@ def _qc_arg(text: str) -> tuple[str, Path]:
 
 def overlap_main(argv: list[str] | None = None) -> int:
     """``fundusfm overlap --qc DS=qc.csv ... --upstream DS... --evaluation DS... --out overlap.csv``."""
-    from fundusfm.data.overlap import exclusion_list, find_overlaps, hash_qc_table
+    from fundusfm.data.overlap import NEAR_DUPLICATE_BITS, exclusion_list, hash_qc_table, study_overlaps
 
     p = argparse.ArgumentParser(prog="fundusfm overlap",
                                 description="images shared between upstream (pretraining) and evaluation datasets")
@@ -119,13 +119,26 @@ def overlap_main(argv: list[str] | None = None) -> int:
     p.add_argument("--evaluation", nargs="+", default=[], metavar="DS", help="downstream evaluation datasets")
     p.add_argument("--out", required=True, type=Path, help="pairs CSV")
     p.add_argument("--exclude-out", type=Path, help="upstream images to leave out of pretraining (CSV)")
-    p.add_argument("--threshold", type=int, default=4, help="max Hamming distance of 64-bit pHashes (default 4)")
+    p.add_argument("--task", nargs="+", default=[], metavar="NAME=DEV[,DEV...][:EXT[,EXT...]]",
+                   help="a task's development and external datasets: their near-duplicates are listed too")
+    p.add_argument("--keep-upstream-overlaps", action="store_true",
+                   help="report upstream/evaluation pairs without excluding them (pretrain.exclude_overlaps false)")
+    p.add_argument("--threshold", type=int, default=NEAR_DUPLICATE_BITS,
+                   help=f"max Hamming distance of 64-bit pHashes (default {NEAR_DUPLICATE_BITS})")
     p.add_argument("--hash-size", type=int, default=8, help="pHash side; bits = side^2 (default 8)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     _verbose(args.verbose)
     qc = dict(args.qc)
-    missing = [d for d in args.upstream + args.evaluation if d not in qc]
+    tasks = {}
+    for item in args.task:
+        name, _, spec = item.partition("=")
+        dev, _, ext = spec.partition(":")
+        tasks[name] = {"datasets": [d for d in dev.split(",") if d], "external": [d for d in ext.split(",") if d]}
+    if not tasks:  # no task structure given: every evaluation dataset is a development set of its own
+        tasks = {d: {"datasets": [d], "external": []} for d in args.evaluation}
+    used = {d for t in tasks.values() for d in t["datasets"] + t["external"]}
+    missing = sorted({d for d in args.upstream + args.evaluation if d not in qc} | (used - set(qc)))
     if missing:
         print(f"fundusfm overlap: no --qc given for {missing}", file=sys.stderr)
         return 2
@@ -134,20 +147,27 @@ def overlap_main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"fundusfm overlap: {e}", file=sys.stderr)
         return 1
-    pairs = find_overlaps(hashes, args.upstream, args.evaluation, args.threshold)
+    extra = sorted(set(args.evaluation) - used)
+    for d in extra:
+        tasks[d] = {"datasets": [d], "external": []}
+    pairs = study_overlaps(hashes, args.upstream, tasks, args.threshold,
+                           exclude_from_pretraining=not args.keep_upstream_overlaps)
     atomic_write(args.out, lambda t: pairs.to_csv(t, index=False))
     if args.exclude_out:
-        ex = exclusion_list(pairs)
+        ex = exclusion_list(pairs) if not args.keep_upstream_overlaps else exclusion_list(pairs.iloc[0:0])
         atomic_write(args.exclude_out, lambda t: ex.to_csv(t, index=False))
     n_cross = int((pairs["kind"] == "cross").sum())
     (log.warning if n_cross else log.info)(
-        "%d upstream/evaluation pairs within %d bits, %d duplicates within a side; wrote %s",
-        n_cross, args.threshold, len(pairs) - n_cross, args.out)
+        "%d upstream/evaluation pairs within %d bits, %d other near-duplicate pairs (%s); wrote %s",
+        n_cross, args.threshold, len(pairs) - n_cross,
+        ", ".join(f"{k}={v}" for k, v in pairs["kind"].value_counts().sort_index().items()), args.out)
     return 0
 
 
 def split_main(argv: list[str] | None = None) -> int:
-    """``fundusfm split``: a task's image table with patient-grouped, leak-checked folds."""
+    """``fundusfm split``: a task's image table with split-group (patient) grouped, leak-checked
+    folds; near-duplicates merge split groups and leave the external sets."""
+    from fundusfm.data.overlap import NEAR_DUPLICATE_BITS
     from fundusfm.data.task_table import build_task_table, parse_pairs
 
     p = argparse.ArgumentParser(prog="fundusfm split", description=split_main.__doc__)
@@ -156,11 +176,20 @@ def split_main(argv: list[str] | None = None) -> int:
     p.add_argument("--qc", nargs="+", required=True, metavar="DS=CSV")
     p.add_argument("--preprocessed", nargs="+", required=True, metavar="DS=DIR")
     p.add_argument("--exclude", help="CSV of dataset,image_id[,reason] to exclude (e.g. overlap report)")
+    p.add_argument("--near-duplicate-bits", type=int, default=NEAR_DUPLICATE_BITS,
+                   help=f"pHash distance up to which images are the same photograph [{NEAR_DUPLICATE_BITS}]")
+    p.add_argument("--no-near-duplicates", action="store_true",
+                   help="split groups from patient ids only (no image hashing)")
+    p.add_argument("--dedup-against", nargs="+", default=[], metavar="DS=QC_CSV",
+                   help="development datasets whose near-duplicates are excluded from the external set(s)")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     task = json.loads(a.task_json)
     exclude = pd.read_csv(a.exclude, dtype=str) if a.exclude else None
-    table = build_task_table(task, parse_pairs(a.manifest, "--manifest"), parse_pairs(a.qc, "--qc"), parse_pairs(a.preprocessed, "--preprocessed"), exclude)
+    table = build_task_table(task, parse_pairs(a.manifest, "--manifest"), parse_pairs(a.qc, "--qc"),
+                             parse_pairs(a.preprocessed, "--preprocessed"), exclude,
+                             None if a.no_near_duplicates else a.near_duplicate_bits,
+                             parse_pairs(a.dedup_against, "--dedup-against"))
     write_csv(a.out, table)
     for c in [c for c in table.columns if c.startswith("fold")]:
         counts = table[c].value_counts().to_dict()

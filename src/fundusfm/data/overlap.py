@@ -1,11 +1,21 @@
-"""Duplicate and overlap detection across datasets by perceptual hash of the processed images.
+"""Duplicate and overlap detection across the whole study by perceptual hash of the processed images.
 
 Public datasets reuse each other's photographs (EyeQ is EyePACS; several "new" datasets
-repackage Messidor or APTOS images). An image used in upstream pretraining that reappears
-in a downstream evaluation set inflates the evaluation, so :func:`find_overlaps` reports
-every upstream/evaluation pair whose pHashes lie within a Hamming threshold, plus exact
-hash duplicates inside each side, and :func:`exclusion_list` turns the cross pairs into the
-upstream images to drop from pretraining.
+repackage Messidor or APTOS images), and one photo can sit in a dataset twice under two
+patient ids. Every near-duplicate pair (pHashes within :data:`NEAR_DUPLICATE_BITS` bits)
+is handled and listed in ``results/overlap/overlap.csv`` with what was done (``action``):
+
+* ``cross`` -- an upstream (pretraining) image and a downstream one: :func:`exclusion_list`
+  leaves the upstream image out of pretraining (:func:`find_overlaps`);
+* ``within_upstream`` / ``within_evaluation`` -- identical hashes inside one side: reported;
+* ``development_external`` -- a task's development image and one of its external images:
+  the external image is excluded from that external set (:func:`task_overlaps`);
+* ``within_development`` -- two development images of a task: their patients are merged
+  into one split group (:func:`fundusfm.data.splits.merge_groups`), which is also how a
+  dataset without patient ids gets its groups.
+
+The split steps (``fundusfm split``) apply the task pairs with the same function that
+writes the report, so the two cannot disagree.
 """
 
 from __future__ import annotations
@@ -22,6 +32,15 @@ from tqdm import tqdm
 log = logging.getLogger(__name__)
 
 PAIR_COLUMNS = ["kind", "dataset_a", "image_id_a", "dataset_b", "image_id_b", "distance", "hash_a", "hash_b"]
+# Hamming distance (of 64 bits) up to which two processed images count as the same photograph
+NEAR_DUPLICATE_BITS = 4
+ACTIONS = {
+    "cross": "upstream image left out of pretraining",
+    "within_upstream": "reported (identical images inside pretraining)",
+    "within_evaluation": "reported (identical images among downstream datasets)",
+    "development_external": "external image excluded from the external set",
+    "within_development": "same split group (patients merged)",
+}
 
 
 def phash_file(path: str | Path, hash_size: int = 8) -> int:
@@ -52,6 +71,16 @@ def hash_qc_table(dataset: str, qc_csv: str | Path, hash_size: int = 8) -> pd.Da
         hashes.append(phash_file(p, hash_size))
     return pd.DataFrame({"dataset": dataset, "image_id": ok["image_id"].to_numpy(),
                          "hash": np.array(hashes, dtype=np.uint64)})
+
+
+def hash_images(paths, names: list[str] | None = None, hash_size: int = 8) -> np.ndarray:
+    """pHash of each image path; a missing file is an error naming it (``names[i]`` if given)."""
+    out = np.zeros(len(paths), dtype=np.uint64)
+    for i, p in enumerate(paths):
+        if not Path(p).is_file():
+            raise FileNotFoundError(f"processed image {p} of {names[i] if names else p} missing (rerun preprocess)")
+        out[i] = phash_file(p, hash_size)
+    return out
 
 
 def _as_u64(hashes: pd.Series) -> np.ndarray:
@@ -128,3 +157,49 @@ def exclusion_list(pairs: pd.DataFrame) -> pd.DataFrame:
         include_groups=False)
     return pd.DataFrame({"dataset": [k[0] for k in grouped.index], "image_id": [k[1] for k in grouped.index],
                          "reason": grouped.to_numpy()})
+
+
+def task_overlaps(hashes: pd.DataFrame, development: list[str], external: list[str],
+                  threshold: int = NEAR_DUPLICATE_BITS) -> pd.DataFrame:
+    """Near-duplicate pairs of one task: ``within_development`` (two development images,
+    ``i < j`` in table order) and ``development_external`` (a development image and an
+    external one), each with its ``action`` (:data:`ACTIONS`). ``hashes``: ``dataset``,
+    ``image_id``, ``hash`` of the task's usable images."""
+    dev = hashes[hashes["dataset"].isin(development)].reset_index(drop=True)
+    ext = hashes[hashes["dataset"].isin(external)].reset_index(drop=True)
+    rows = []
+    hd = _as_u64(dev["hash"])
+    i, j, d = hamming_pairs(hd, hd, threshold)
+    for a, b, dist in zip(i, j, d):
+        if a < b:
+            ra, rb = dev.iloc[a], dev.iloc[b]
+            rows.append(("within_development", ra["dataset"], ra["image_id"], rb["dataset"], rb["image_id"],
+                         int(dist), _hex(ra["hash"]), _hex(rb["hash"])))
+    i, j, d = hamming_pairs(hd, _as_u64(ext["hash"]), threshold)
+    for a, b, dist in zip(i, j, d):
+        ra, rb = dev.iloc[a], ext.iloc[b]
+        rows.append(("development_external", ra["dataset"], ra["image_id"], rb["dataset"], rb["image_id"],
+                     int(dist), _hex(ra["hash"]), _hex(rb["hash"])))
+    out = pd.DataFrame(rows, columns=PAIR_COLUMNS)
+    out["action"] = out["kind"].map(ACTIONS)
+    return out.sort_values(["kind", "dataset_a", "image_id_a", "dataset_b", "image_id_b"]).reset_index(drop=True)
+
+
+def study_overlaps(hashes: pd.DataFrame, upstream: list[str], tasks: dict[str, dict],
+                   threshold: int = NEAR_DUPLICATE_BITS, exclude_from_pretraining: bool = True) -> pd.DataFrame:
+    """Every near-duplicate pair of the study with what was done: :func:`find_overlaps`
+    (upstream/downstream) plus :func:`task_overlaps` of each task (``tasks``: name ->
+    ``{"datasets": [...], "external": [...]}``), with columns ``task`` and ``action``."""
+    evaluation = sorted({d for t in tasks.values() for d in t["datasets"] + t.get("external", [])} - set(upstream))
+    cross = find_overlaps(hashes, upstream, evaluation, threshold)
+    cross["task"] = ""
+    cross["action"] = cross["kind"].map(ACTIONS)
+    if not exclude_from_pretraining:
+        cross.loc[cross["kind"] == "cross", "action"] = "reported only (pretrain.exclude_overlaps is false)"
+    parts = [cross]
+    for name, t in sorted(tasks.items()):
+        p = task_overlaps(hashes, t["datasets"], t.get("external", []), threshold)
+        p.insert(0, "task", name)
+        parts.append(p)
+    cols = ["task", *PAIR_COLUMNS, "action"]
+    return pd.concat([p[cols] for p in parts], ignore_index=True)

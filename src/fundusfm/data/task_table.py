@@ -1,15 +1,26 @@
 """A task's image table (``fundusfm split``): manifests joined with QC tables, with
-patient-grouped, leak-checked fold roles (contract in docs/architecture.md)."""
+split-group (patient) grouped, leak-checked fold roles (contract in docs/architecture.md).
+
+Near-duplicates are handled here, with the functions that write the study's overlap
+report (:mod:`fundusfm.data.overlap`): development images within ``near_duplicate_bits``
+of each other put their patients into one split group (columns ``split_group`` and
+``group_source`` record how each group was formed), and an external image within that
+distance of a development image (``dedup_against`` gives the development datasets) is
+excluded from the external set with the matching image named.
+"""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pandas as pd
 
-from fundusfm.data.splits import SplitSpec, assign_roles
+from fundusfm.data.overlap import NEAR_DUPLICATE_BITS, hash_images, hash_qc_table, task_overlaps
+from fundusfm.data.splits import SplitSpec, assign_roles, merge_groups
 from fundusfm.task import TaskSpec
 
+log = logging.getLogger(__name__)
 
 # Labels a task may ask for that are derived from another manifest column.
 DERIVED = {"dr": ("dr_grade", lambda s: (s >= 1).astype("Int64"))}
@@ -25,8 +36,53 @@ def parse_pairs(items: list[str], flag: str) -> dict[str, str]:
     return out
 
 
-def build_task_table(task: dict, manifests: dict, qcs: dict, preprocessed: dict, exclude: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Join manifests with QC tables and assign fold roles (see docs/architecture.md)."""
+def _usable_hashes(df: pd.DataFrame) -> pd.DataFrame:
+    ok = df[(df["qc_status"] == "ok") & (df["image"] != "")]
+    names = (ok["dataset"] + "/" + ok["image_id"]).tolist()
+    return pd.DataFrame({"dataset": ok["dataset"].to_numpy(), "image_id": ok["image_id"].to_numpy(),
+                         "hash": hash_images(ok["image"].tolist(), names)})
+
+
+def near_duplicate_handling(df: pd.DataFrame, task: dict, bits: int | None,
+                            dedup_against: dict | None = None) -> pd.DataFrame:
+    """Split groups from near-duplicates within the development data, and exclusion of
+    external images that duplicate a development image (``dedup_against``: development
+    dataset -> its QC table, for an external-only table). ``bits=None``: patient ids only."""
+    df = df.copy()
+    dev = [d for d in task["datasets"]]
+    ext = list(task.get("external", []))
+    if bits is None:
+        df = df.join(merge_groups(df, []))
+        return df
+    hashes = _usable_hashes(df)
+    if dedup_against:
+        hashes = pd.concat([hashes] + [hash_qc_table(d, q) for d, q in dedup_against.items() if d not in dev],
+                           ignore_index=True)
+        dev = dev + [d for d in dedup_against if d not in dev]
+    pairs = task_overlaps(hashes, dev, ext, bits)
+    pos = {k: i for i, k in enumerate(zip(df["dataset"], df["image_id"]))}
+    within = pairs[pairs["kind"] == "within_development"]
+    edges = [(pos[(a, ia)], pos[(b, ib)]) for a, ia, b, ib in
+             zip(within["dataset_a"], within["image_id_a"], within["dataset_b"], within["image_id_b"])]
+    df = df.join(merge_groups(df, edges))
+    cross = pairs[pairs["kind"] == "development_external"]
+    for r in cross.itertuples():
+        i = df.index[pos[(r.dataset_b, r.image_id_b)]]
+        if df.at[i, "exclude_reason"] == "":
+            df.at[i, "exclude_reason"] = (f"near-duplicate of development image {r.dataset_a}/{r.image_id_a} "
+                                          f"(distance {r.distance})")
+    if len(within) or len(cross):
+        log.info("%s: %d near-duplicate development pair(s) -> split groups merged; %d external image(s) "
+                 "duplicating a development image excluded", task.get("name"), len(within),
+                 cross["image_id_b"].nunique() if len(cross) else 0)
+    return df
+
+
+def build_task_table(task: dict, manifests: dict, qcs: dict, preprocessed: dict, exclude: pd.DataFrame | None = None,
+                     near_duplicate_bits: int | None = NEAR_DUPLICATE_BITS,
+                     dedup_against: dict | None = None) -> pd.DataFrame:
+    """Join manifests with QC tables, form split groups (patient ids merged through
+    near-duplicates), and assign fold roles (see docs/architecture.md)."""
     frames = []
     for ds in list(task["datasets"]) + list(task.get("external", [])):
         if ds not in manifests:
@@ -71,6 +127,8 @@ def build_task_table(task: dict, manifests: dict, qcs: dict, preprocessed: dict,
                 f"fundusfm split: task {task['name']!r}: {row['dataset']}/{row['image_id']} has "
                 f"{task['label']}={row[task['label']]}, outside classes 0..{len(task['classes']) - 1} {task['classes']}"
             )
+    df = near_duplicate_handling(df, task, near_duplicate_bits, dedup_against)
     table = assign_roles(df, task, SplitSpec.from_dict(task.get("split")))
-    keep = ["dataset", "image_id", "patient_id", "eye", "image", "qc_status", *TaskSpec.from_dict(task).columns, "exclude_reason"]
+    keep = ["dataset", "image_id", "patient_id", "split_group", "group_source", "eye", "image", "qc_status",
+            *TaskSpec.from_dict(task).columns, "exclude_reason"]
     return table[keep + [c for c in table.columns if c.startswith("fold") and c[4:].isdigit()]]
