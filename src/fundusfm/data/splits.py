@@ -120,13 +120,19 @@ def stratum(df: pd.DataFrame, task: dict) -> pd.Series:
     return pd.Series(names[first], index=df.index)
 
 
+NEGATIVE_STRATA = ("none", "0")
+
+
 def _patient_strata(keys: pd.Series, strata: pd.Series) -> pd.Series:
-    """Stratum per patient: the most frequent non-'none' stratum among its images
-    (ties broken by name, so the result does not depend on row order)."""
+    """Stratum per group: the most frequent stratum among its images other than the
+    negative ones (``none``, ``0``: no finding / the first class), and a negative one only
+    when all its images are negative; ties broken by name, so the result does not depend
+    on row order."""
     tab = pd.DataFrame({"key": keys.to_numpy(), "s": strata.astype(str).to_numpy()})
-    tab["pri"] = (tab["s"] == "none") | (tab["s"] == "0")
-    tab = tab.sort_values(["key", "pri", "s"])
-    return tab.groupby("key", sort=True)["s"].agg(lambda s: s.value_counts(sort=True).index[0])
+    tab["neg"] = tab["s"].isin(NEGATIVE_STRATA)
+    counts = tab.groupby(["key", "neg", "s"], sort=False).size().reset_index(name="n")
+    counts = counts.sort_values(["key", "neg", "n", "s"], ascending=[True, True, False, True], kind="stable")
+    return counts.drop_duplicates("key").set_index("key")["s"].sort_index()
 
 
 def grouped_kfold(df: pd.DataFrame, task: dict, n_folds: int, seed: int) -> np.ndarray:
