@@ -95,17 +95,34 @@ class RunSpec:
 
 
 def select_sets(df: pd.DataFrame, col: str, spec: RunSpec) -> dict[str, pd.DataFrame]:
-    """train (label fraction applied) / val / test / external_<ds> rows of the table."""
+    """train / val / test / external_<ds> rows of the table.
+
+    A label fraction applies to the labelled development data, train *and* validation
+    alike (a label-scarce user has no full validation set either): each keeps about
+    ``fraction`` of its patients (split groups), stratified and nested across fractions.
+    Validation keeps at least ``hparams.val_min_patients`` patients per stratum (or all
+    of a smaller stratum) so that early stopping and the threshold still see every class.
+    ``hparams.val_labels: full`` keeps the whole validation set instead (named in
+    ``train_config.json`` and in the study table's protocol card).
+    """
     from fundusfm.data.splits import label_fraction_mask, stratum
 
     sets: dict[str, pd.DataFrame] = {}
     train = df[df[col] == "train"]
+    val = df[df[col] == "val"]
     if spec.fraction < 1:
-        keep = label_fraction_mask(train, spec.fraction, spec.seed, stratum(train, spec.task.as_dict()))
+        task = spec.task.as_dict()
+        keep = label_fraction_mask(train, spec.fraction, spec.seed, stratum(train, task))
         log.info("label fraction %.3g: %d of %d training images", spec.fraction, keep.sum(), len(train))
         train = train[keep]
+        if spec.hparams.get("val_labels", "fraction") == "fraction" and len(val):
+            vkeep = label_fraction_mask(val, spec.fraction, mix_seed(spec.seed, 0x7A1), stratum(val, task),
+                                        min_per_stratum=int(spec.hparams.get("val_min_patients", 2)))
+            log.info("label fraction %.3g: %d of %d validation images (floor %s patients per stratum)",
+                     spec.fraction, vkeep.sum(), len(val), spec.hparams.get("val_min_patients", 2))
+            val = val[vkeep]
     sets["train"] = train
-    sets["val"] = df[df[col] == "val"]
+    sets["val"] = val
     sets["test"] = df[df[col] == "test"]
     ext = df[df[col] == "external"]
     for ds in spec.external:
