@@ -77,3 +77,74 @@ def test_label_fraction_floor_keeps_small_strata_whole():
     m = label_fraction_mask(df, 0.1, 0, strata, min_per_stratum=3)
     assert int(m[:2].sum()) == 2 and int(m[2:].sum()) == 3
     assert np.array_equal(label_fraction_mask(df, 0.1, 0, strata), label_fraction_mask(df, 0.1, 0, strata, 1))
+
+
+def test_undefined_validation_metric_falls_back_to_loss_with_a_warning(tmp_path, caplog):
+    """One class in validation: AUROC is undefined in every epoch; epochs are then chosen on
+    the validation loss (warned, and recorded in history and model.json), not epoch 0 by default."""
+    import json
+    import logging
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_train_helpers import BINARY_TASK, make_task_table, tiny_hparams
+
+    from fundusfm.train.cli import main
+
+    torch.set_num_threads(1)
+    table = make_task_table(tmp_path, n=40)
+    df = pd.read_csv(table)
+    val = df["fold0"] == "val"
+    df.loc[val, "abnormal"] = 0  # validation holds one class only
+    df.to_csv(table, index=False)
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING):
+        assert main(["--table", str(table), "--fold", "0", "--fraction", "1.0", "--seed", "0", "--task-json",
+                     BINARY_TASK, "--init", "random", "--hparams-json", tiny_hparams(epochs=3, patience=None),
+                     "--out", str(out), "--external", "ext", "--device", "cpu", "--workers", "0"]) == 0
+    assert any("epochs are selected on the validation loss" in r.getMessage() for r in caplog.records)
+    hist = pd.read_csv(out / "history.csv")
+    assert (hist["monitor_fallback"] == 1).all() and hist["val_auroc"].isna().all()
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["monitor"] == "loss" and meta["monitor_requested"] == "auroc"
+    assert meta["best_epoch"] == int(hist["val_loss"].idxmin())
+
+
+def test_monitor_follows_the_absent_class_policy():
+    from fundusfm.train.config import TaskSpec
+    from fundusfm.train.metrics import monitor_value
+
+    task = TaskSpec.from_dict({"type": "multilabel", "labels": ["dr", "rvo"]})
+    y = np.array([[1, 0], [0, 0], [1, 0], [0, 0]], dtype=float)  # rvo has no positive case
+    p = np.array([[0.9, 0.1], [0.2, 0.3], [0.8, 0.2], [0.1, 0.4]])
+    assert np.isnan(monitor_value("auroc", task, y, p, 0.5))  # not the AUROC of dr alone
+    mc = TaskSpec.from_dict({"type": "multiclass", "label": "c", "classes": ["a", "b", "c"]})
+    assert np.isnan(monitor_value("auroc", mc, np.array([0, 1, 0, 1]), np.full((4, 3), 1 / 3), 0.5))
+
+
+def _binary_preds(path, y, score):
+    pd.DataFrame({"image_id": [f"i{k}" for k in range(len(y))], "dataset": "d",
+                  "patient_id": [f"p{k}" for k in range(len(y))], "eye": "U", "label": y,
+                  "prob_normal": 1 - np.asarray(score), "prob_abnormal": score}).to_csv(path, index=False)
+
+
+def test_gallery_model_is_chosen_on_validation_not_test(tmp_path):
+    from fundusfm.evaluate.io import task_spec
+    from fundusfm.evaluate.study import best_run_on_validation
+
+    y = np.array([0, 0, 0, 1, 1, 1])
+    good, bad = np.array([.1, .2, .3, .7, .8, .9]), np.array([.9, .2, .8, .3, .1, .7])
+    recs = []
+    for name, val_score, test_auroc in (("a", bad, 0.99), ("b", good, 0.60)):
+        d = tmp_path / name
+        d.mkdir()
+        _binary_preds(d / "predictions_val.csv", y, val_score)
+        _binary_preds(d / "predictions_test.csv", y, good)
+        recs.append({"task": "t", "set": "test", "init": name, "fold": 0, "fraction": 1.0, "seed": 0,
+                     "metrics": {"auroc": test_auroc}, "predictions": str(d / "predictions_test.csv"),
+                     "_path": str(d / "test.json")})
+    best, val = best_run_on_validation(recs, task_spec(TASK, "t"))
+    assert best["init"] == "b" and val == pytest.approx(1.0)  # run a has the better *test* AUROC

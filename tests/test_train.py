@@ -84,7 +84,8 @@ def test_finetune_writes_contract_outputs_and_load_trained_reproduces(tmp_path):
     assert OUTPUTS <= {p.name for p in out.iterdir()}
     assert not (out / ".resume").exists()
     hist = pd.read_csv(out / "history.csv")
-    assert list(hist.columns) == ["epoch", "train_loss", "val_loss", "val_auroc", "lr", "time"]
+    assert list(hist.columns) == ["epoch", "train_loss", "val_loss", "val_auroc", "monitor_fallback", "lr", "time"]
+    assert (hist["monitor_fallback"] == 0).all()
     assert list(hist["epoch"]) == [0, 1]
     test = pd.read_csv(out / "predictions_test.csv", dtype={"image_id": str})
     assert list(test.columns) == ["image_id", "dataset", "patient_id", "eye", "label", "prob_normal", "prob_abnormal"]

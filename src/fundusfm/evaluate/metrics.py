@@ -17,6 +17,12 @@ Metric names (flat keys, per-class ones suffixed ``:<class>``):
 * ordinal: ``kappa_quadratic`` (quadratic weighted Cohen's kappa);
 * with a validation-chosen threshold (binary, multilabel): ``threshold_val``,
   ``sensitivity_val_threshold``, ``specificity_val_threshold`` (per label ``...:<l>``).
+
+Classes absent from a set (:data:`ABSENT_CLASS_POLICY`): a macro average over classes
+or labels is undefined when one of them cannot be scored on that set (e.g. a label
+with no positive case in a test fold); it is never quietly averaged over the classes
+that happen to be present. The training monitor applies the same rule (and then falls
+back to the validation loss), and the study table counts the runs left out this way.
 """
 
 from __future__ import annotations
@@ -41,6 +47,13 @@ HEADLINE = {
     "multilabel": ["auroc", "auroc_micro", "aupr", "aupr_micro", "f1_macro", "sensitivity", "specificity",
                    "ece", "brier"],
 }
+
+
+ABSENT_CLASS_POLICY = (
+    "a macro metric is undefined on a set where a class (or label) cannot be scored, e.g. has no "
+    "positive case; such runs are left out of that metric's aggregate and counted as undefined; "
+    "the training monitor uses the same rule and then selects epochs on the validation loss"
+)
 
 
 class Undefined(Exception):

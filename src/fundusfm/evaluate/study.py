@@ -209,6 +209,32 @@ def headline_intervals(
                                        "hl_n_boot"])
 
 
+def best_run_on_validation(records: Sequence[dict], spec: TaskSpec, metric: str = "auroc",
+                           root=None) -> tuple[dict, float | None]:
+    """The run whose *validation* predictions (``predictions_val.csv`` beside the test
+    predictions) score best on ``metric``: a model chosen without looking at the test
+    set. Ties and undefined values as in :func:`best_run`. Returns ``(record, value)``."""
+    runs = [r for r in records if r.get("set") == "test"]
+    if not runs:
+        raise ValueError("no run was evaluated on set 'test'")
+    fn = metric_getter(spec, metric)
+    scored = []
+    for r in runs:
+        p = predictions_path(r, root)
+        val = None
+        if p is not None and (p.parent / "predictions_val.csv").is_file():
+            y, P = to_arrays(read_predictions(p.parent / "predictions_val.csv", spec), spec)
+            try:
+                val = fn(y, P) if len(y) else None
+            except Undefined:
+                val = None
+        scored.append((val is None, -(val or 0.0), str(r["_path"]), r, val))
+    best = min(scored, key=lambda t: t[:3])
+    if best[4] is None:
+        log.warning("validation %s is undefined for every run; using %s", metric, best[3]["_path"])
+    return best[3], best[4]
+
+
 def best_run(records: Sequence[dict], metric: str = "auroc", set_name: str = "test") -> dict:
     """The run with the highest ``metric`` on ``set_name`` (ties: first in sorted path
     order, so the choice is deterministic). Runs where the metric is undefined rank last;

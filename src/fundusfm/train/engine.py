@@ -259,6 +259,29 @@ class Trainer:
             self.optimizer.load_state_dict(self.state["optimizer"])
         self.loss_fn = self._make_loss(self.targets["train"])
         self._make_loaders()
+        self.monitor, self.monitor_note = self._resolve_monitor()
+
+    def _resolve_monitor(self) -> tuple[str, str]:
+        """The metric that selects epochs: ``hparams.monitor``, or the validation loss when
+        that metric is undefined on this validation set whatever the model predicts (one
+        class only, a class absent: the policy of fundusfm.evaluate.metrics). Decided from
+        the validation labels alone, so a resumed run decides the same; warned in the log
+        and recorded in every history row (column ``monitor_fallback``: 1 = selected on the
+        validation loss because the asked-for metric is undefined; numeric, as MLflow wants)."""
+        wanted = self.hp["monitor"]
+        y = self.targets.get("val")
+        if wanted == "loss" or self.val_loader is None or y is None or not len(y):
+            return wanted, wanted
+        rng = np.random.default_rng(0)
+        probe = rng.random((len(y), self.task.num_outputs))
+        if not self.task.multilabel:
+            probe = probe / probe.sum(1, keepdims=True)
+        if math.isnan(monitor_value(wanted, self.task, y, probe, 0.0)):
+            note = f"loss (val_{wanted} undefined on this validation set)"
+            log.warning("val_%s is undefined on the validation set (%d images; one class only or a class absent): "
+                        "epochs are selected on the validation loss instead", wanted, len(y))
+            return "loss", note
+        return wanted, wanted
 
     def _make_loss(self, y: np.ndarray):
         hp, task = self.hp, self.task
@@ -463,12 +486,15 @@ class Trainer:
 
     @torch.no_grad()
     def predict(self, loader: DataLoader) -> np.ndarray:
-        """Logits (float32, table order) of a set, gathered over ranks."""
+        """Logits (float32, table order) of a set, gathered over ranks.
+
+        Always in float32, without autocast: validation, test and external predictions
+        (``fundusfm infer``) then share one numeric precision, whatever ``hparams.amp``
+        does to training steps."""
         self.model.eval()
         idx_parts, out_parts = [], []
         for x, _, idx in loader:
-            with self._autocast():
-                logits = self.model(self._prepare(x, None))
+            logits = self.model(self._prepare(x, None))
             idx_parts.append(idx.numpy())
             out_parts.append(logits.float().cpu().numpy())
         k = self.task.num_outputs
@@ -524,7 +550,8 @@ class Trainer:
             "preprocessing": {"input": "processed fundus image (FOV centred, square, black outside)",
                               "resize": "to img_size: OpenCV area filter when shrinking, bilinear when enlarging",
                               "scale": "1/255", "mean": self.mean_std[0], "std": self.mean_std[1], "channels": "RGB"},
-            "monitor": hp["monitor"], "best_epoch": self.best_epoch, "best_value": self.best,
+            "monitor": self.monitor, "monitor_requested": hp["monitor"], "monitor_note": self.monitor_note,
+            "best_epoch": self.best_epoch, "best_value": self.best,
             "mode": hp["mode"], "fold": spec.fold, "fraction": spec.fraction, "seed": spec.seed,
         }
         config = {**spec.fingerprint(), "device": str(self.device), "workers": self.workers,
@@ -583,7 +610,7 @@ class Trainer:
             if self.cuda and st.get("rng_cuda") is not None:
                 torch.cuda.set_rng_state(st["rng_cuda"])
         best_path = self.resume_dir / "best.safetensors"
-        monitor = hp["monitor"]
+        monitor = self.monitor
         stopped_early = start_epoch >= hp["epochs"] or (hp["patience"] and self.bad_epochs >= hp["patience"])
         epoch = start_epoch
         while not stopped_early and epoch < hp["epochs"]:
@@ -599,13 +626,17 @@ class Trainer:
                 logits = self.predict(self.val_loader)
                 prob, val_loss = self._probs_and_loss(logits, self.targets["val"])
                 value = monitor_value(monitor, self.task, self.targets["val"], prob, val_loss)
+                if monitor != hp["monitor"]:  # the asked-for metric is recorded too (NaN: undefined)
+                    row[f"val_{hp['monitor']}"] = monitor_value(hp["monitor"], self.task, self.targets["val"], prob,
+                                                                val_loss)
             else:
                 val_loss, value = math.nan, -train_loss if monitor != "loss" else train_loss
             # no validation set: the epoch is chosen on the training loss, and the history
             # says so (an empty val_<monitor>) instead of filing it as a validation metric
             shown = value if self.val_loader is not None else math.nan
-            row.update({"val_loss": val_loss, f"val_{monitor}": shown, "lr": self.last_lr,
-                        "time": round(time.time() - t0, 3)})
+            row.update({"val_loss": val_loss, f"val_{monitor}": shown,
+                        "monitor_fallback": int(monitor != hp["monitor"]),
+                        "lr": self.last_lr, "time": round(time.time() - t0, 3)})
             self.history.append(row)
             improved = is_better(monitor, value, self.best) or self.best_epoch is None
             if improved:

@@ -1,4 +1,10 @@
-"""The validation metric that selects the best epoch (full evaluation lives in fundusfm.evaluate)."""
+"""The validation metric that selects the best epoch (full evaluation lives in fundusfm.evaluate).
+
+Classes absent from the validation set follow the evaluation's policy
+(:data:`fundusfm.evaluate.metrics.ABSENT_CLASS_POLICY`): a macro value over classes or
+labels is undefined (NaN) when one of them cannot be scored, never an average over the
+classes that happen to be present; the engine then selects epochs on the validation loss.
+"""
 
 from __future__ import annotations
 
@@ -24,7 +30,7 @@ def monitor_value(name: str, task: TaskSpec, y: np.ndarray, prob: np.ndarray, lo
             known = ~np.isnan(y[:, j])
             yj, pj = y[known, j].astype(int), prob[known, j]
             if len(np.unique(yj)) < 2 and name in ("auroc", "kappa", "balanced_accuracy"):
-                continue  # undefined for this label: average over the labels where it is defined
+                return math.nan  # one label cannot be scored: the macro value is undefined (module doc)
             vals.append(_single(name, yj, np.stack([1 - pj, pj], 1), binary=True, ordinal=False))
         return float(np.mean(vals)) if vals else math.nan
     return _single(name, y.astype(int), prob, binary=task.type == "binary", ordinal=task.type == "ordinal")
@@ -38,12 +44,10 @@ def _single(name: str, y: np.ndarray, prob: np.ndarray, binary: bool, ordinal: b
             return math.nan
         if binary or prob.shape[1] == 2:
             return float(skm.roc_auc_score(y, prob[:, 1]))
-        # one-vs-rest macro over the classes present in y
-        cols = prob[:, present]
-        cols = cols / np.clip(cols.sum(1, keepdims=True), 1e-12, None)
-        if len(present) == 2:
-            return float(skm.roc_auc_score(y == present[1], cols[:, 1]))
-        return float(skm.roc_auc_score(y, cols, multi_class="ovr", labels=present, average="macro"))
+        if len(present) < prob.shape[1]:
+            return math.nan  # a class absent from validation: macro one-vs-rest undefined (module doc)
+        return float(skm.roc_auc_score(y, prob, multi_class="ovr", labels=list(range(prob.shape[1])),
+                                       average="macro"))
     if name == "accuracy":
         return float(skm.accuracy_score(y, pred))
     if name == "balanced_accuracy":
