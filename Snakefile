@@ -14,10 +14,13 @@ if not workflow.overwrite_configfiles:
     configfile: "config/config.yaml"
 
 
-report: "workflow/report/workflow.rst"
-
-
 include: "rules/common.smk"
+
+
+# front page: the generated protocol card once the study has run, else the static text
+report: report_front_page()
+
+
 include: "rules/tracking.smk"
 include: "rules/data.smk"
 include: "rules/train.smk"

@@ -3,6 +3,7 @@ import os
 import re
 import shlex
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 from fundusfm import config as fcfg
@@ -124,7 +125,8 @@ def split_inputs(wildcards):
     if "dataset" in wildcards.keys():
         # an external set leaves out its near-duplicates of the task's development images
         inputs["dedup"] = [
-            f"{R}/preprocessed/{d}/qc.csv" for d in config["tasks"][wildcards.task]["datasets"]
+            f"{R}/preprocessed/{d}/qc.csv"
+            for d in config["tasks"][wildcards.task]["datasets"]
         ]
     return inputs
 
@@ -189,8 +191,38 @@ def task_test_metrics(wildcards):
     ]
 
 
+def task_split_tables(wildcards):
+    """A task's split tables: development, then one per external set."""
+    t = config["tasks"][wildcards.task]
+    return [f"{R}/splits/{wildcards.task}.csv"] + [
+        f"{R}/splits/{wildcards.task}/external_{d}.csv" for d in t["external"]
+    ]
+
+
+def protocol_json(wildcards):
+    """The task's protocol facts from the resolved config (the card heads its table)."""
+    from fundusfm.evaluate.protocol import config_facts
+
+    return q(config_facts(config, wildcards.task))
+
+
+def report_front_page():
+    """The Snakemake report's front page: the generated protocol card once the study has
+    run (``snakemake --report`` after the run), else the static workflow description."""
+    card = Path(f"{R}/protocol/report_front.rst")
+    return str(card) if card.is_file() else "workflow/report/workflow.rst"
+
+
+def task_val_predictions(wildcards):
+    """Validation predictions of every run of a task (the gallery model is chosen on them)."""
+    return [
+        f"{R}/finetune/{r.path}/predictions_val.csv"
+        for r in fcfg.runs(config, wildcards.task)
+    ]
+
+
 def all_targets():
-    targets = [f"{R}/tables/{t}.md" for t in TASKS]
+    targets = [f"{R}/tables/{t}.md" for t in TASKS] + [f"{R}/protocol/card.md"]
     targets += [f"{R}/figures/{t}" for t in TASKS]
     targets += [f"{R}/preprocessed/{d}/gallery.png" for d in DATASETS]
     if config["report"]["cam"]:

@@ -111,9 +111,11 @@ rule overlap:
             f"{name}={','.join(t['datasets'])}:{','.join(t['external'])}"
             for name, t in sorted(config["tasks"].items())
         ),
-        keep=""
-        if config["pretrain"]["exclude_overlaps"]
-        else "--keep-upstream-overlaps",
+        keep=(
+            ""
+            if config["pretrain"]["exclude_overlaps"]
+            else "--keep-upstream-overlaps"
+        ),
     shell:
         "fundusfm overlap --qc {params.qc} --upstream {params.upstream} "
         "--evaluation {params.evaluation} --task {params.tasks} {params.keep} "

@@ -35,11 +35,14 @@ rule evaluate:
 
 
 rule table:
-    """The study table of a task: init × fraction, mean ± sd [CI] over folds and seeds."""
+    """The study table of a task: init × fraction over folds and seeds, its protocol card first."""
     input:
-        task_metrics,
+        metrics=task_metrics,
+        splits=task_split_tables,
+        overlap=f"{R}/overlap/overlap.csv",
     output:
         csv=f"{R}/tables/{{task}}.csv",
+        protocol=f"{R}/tables/{{task}}_protocol.json",
         md=report(
             f"{R}/tables/{{task}}.md",
             caption="../workflow/report/table.rst",
@@ -58,10 +61,29 @@ rule table:
         n_boot=config["report"]["n_boot"],
         seed=config["seed"],
         prefix=lambda wc: f"{R}/tables/{wc.task}",
+        protocol=protocol_json,
     shell:
-        "fundusfm table --task {wildcards.task} --task-json {params.task} --metrics {input} "
+        "fundusfm table --task {wildcards.task} --task-json {params.task} --metrics {input.metrics} "
         "--compare-to {params.ref} --n-boot {params.n_boot} --seed {params.seed} "
+        "--protocol-json {params.protocol} --split-tables {input.splits} --overlap {input.overlap} "
         "--out-prefix {params.prefix} > {log} 2>&1"
+
+
+rule protocol:
+    """The study's protocol card, the front page of the Snakemake report."""
+    input:
+        cards=[f"{R}/tables/{t}_protocol.json" for t in TASKS],
+        intro="workflow/report/workflow.rst",
+    output:
+        md=f"{R}/protocol/card.md",
+        rst=f"{R}/protocol/report_front.rst",
+    log:
+        f"{R}/logs/protocol.log",
+    conda:
+        "../envs/fundusfm.yaml"
+    shell:
+        "fundusfm protocol --cards {input.cards} --intro {input.intro} --out-md {output.md} "
+        "--out-rst {output.rst} > {log} 2>&1"
 
 
 rule figures:
@@ -88,9 +110,10 @@ rule figures:
 
 
 rule cam:
-    """Activation-map galleries (Grad-CAM, Grad-CAM++) of the task's best model."""
+    """Activation-map galleries (Grad-CAM, Grad-CAM++) of the task's model chosen on validation."""
     input:
         metrics=task_test_metrics,
+        val=task_val_predictions,
         table=f"{R}/splits/{{task}}.csv",
     output:
         report(
@@ -105,6 +128,8 @@ rule cam:
     conda:
         "../envs/fundusfm.yaml"
     threads: 1
+    params:
+        task=task_json,
     shell:
-        "fundusfm cam --best-of {input.metrics} --table {input.table} --out-dir {output} "
-        "--threads {threads} > {log} 2>&1"
+        "fundusfm cam --best-of {input.metrics} --task-json {params.task} --table {input.table} "
+        "--out-dir {output} --threads {threads} > {log} 2>&1"

@@ -26,6 +26,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "evaluate": ("evaluate", "metrics with CIs from a predictions CSV"),
     "table": ("evaluate", "study table of a task (CSV, Markdown, LaTeX)"),
     "figures": ("evaluate", "ROC/PR, label-efficiency and other figures"),
+    "protocol": ("evaluate", "the study's protocol card (report front page)"),
     "summary": ("evaluate", "compact metrics JSON + CSV of all study tables (DVC)"),
     "cam": ("evaluate", "activation-map galleries of a trained model"),
     "sync-mlflow": ("tracking", "mirror result files into MLflow (idempotent)"),

@@ -1,12 +1,13 @@
-"""CLI verbs of the evaluation stage: ``evaluate``, ``table``, ``figures``, ``summary``, ``cam``."""
+"""CLI verbs of the evaluation stage: ``evaluate``, ``table``, ``figures``, ``protocol``, ``summary``, ``cam``."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 
-from fundusfm.fileio import write_csv, write_json
+from fundusfm.fileio import write_csv, write_json, write_text
 from fundusfm.jsonargs import load_json_arg
 
 log = logging.getLogger("fundusfm.evaluate")
@@ -83,6 +84,10 @@ def table_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--metric-list", help="comma-separated metrics to show (default: the task type's headline)")
     ap.add_argument("--n-boot", type=int, default=1000, help="paired-bootstrap resamples [1000]")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--protocol-json", help="the task's protocol facts from the resolved config "
+                    "(fundusfm.evaluate.protocol.config_facts): a protocol card heads the Markdown table")
+    ap.add_argument("--split-tables", nargs="*", default=[], help="the task's split tables (split level per dataset)")
+    ap.add_argument("--overlap", help="the study's overlap report results/overlap/overlap.csv")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     _verbose(args.verbose)
@@ -104,7 +109,19 @@ def table_main(argv: list[str] | None = None) -> int:
         headline = headline_intervals(recs, spec, metric=args.compare_metric, n_boot=args.n_boot,
                                       seed=args.seed, root=args.predictions_root)
     wide = wide_table(long, pooled, headline)
-    paths = write_tables(wide, shown, args.task, args.out_prefix)
+    card = None
+    if args.protocol_json:
+        from fundusfm.evaluate import protocol
+
+        facts = load_json_arg(args.protocol_json)
+        items = protocol.card_items(
+            facts, protocol.run_facts(recs), protocol.split_levels(args.split_tables),
+            protocol.overlap_counts(args.overlap, args.task, facts["datasets"] + facts["external"]),
+            protocol.undefined_runs(recs, args.compare_metric))
+        card = protocol.card_markdown(items)
+        write_json(Path(args.out_prefix).with_name(Path(args.out_prefix).name + "_protocol.json"),
+                   {"facts": facts, "card": items})
+    paths = write_tables(wide, shown, args.task, args.out_prefix, card=card)
     comp_path = Path(args.out_prefix).with_name(Path(args.out_prefix).name + "_comparisons.csv")
     if per_run is None:  # no reference among the runs: a declared output all the same, header only
         per_run = compare_inits([], spec, args.compare_to, metric=args.compare_metric, n_boot=0)[1]
@@ -146,8 +163,10 @@ def cam_main(argv: list[str] | None = None) -> int:
     which = ap.add_mutually_exclusive_group(required=True)
     which.add_argument("--model-dir", help="training output directory (model.safetensors, model.json)")
     which.add_argument("--best-of", nargs="+", metavar="METRICS_JSON",
-                       help="pick the run with the best --best-metric on the test set among these metrics files")
+                       help="pick, among these runs (test metrics files), the one with the best --best-metric "
+                            "on its validation predictions (never chosen on the test set)")
     ap.add_argument("--best-metric", default="auroc")
+    ap.add_argument("--task-json", help="task definition (needed with --best-of)")
     ap.add_argument("--table", required=True, help="task table results/splits/<task>.csv (image paths)")
     ap.add_argument("--fold", type=int, help="fold of the model (checks the images' role)")
     ap.add_argument("--predictions", help="the model's predictions CSV to select cases from")
@@ -165,21 +184,51 @@ def cam_main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     if args.best_of:
-        from fundusfm.evaluate.study import best_run, load_records, predictions_path
+        from fundusfm.evaluate.study import best_run_on_validation, load_records, predictions_path
+        from fundusfm.task import TaskSpec
 
-        best = best_run(load_records(args.best_of), args.best_metric)
+        if not args.task_json:
+            ap.error("--best-of needs --task-json (the model is chosen on its validation predictions)")
+        recs = load_records(args.best_of)
+        spec = TaskSpec.from_dict(load_json_arg(args.task_json), recs[0]["task"] if recs else None)
+        best, val = best_run_on_validation(recs, spec, args.best_metric)
         args.predictions = str(predictions_path(best))
         args.model_dir = str(Path(args.predictions).parent)
         args.fold = int(best["fold"])
-        log.info("best run by test %s=%s: %s", args.best_metric, best["metrics"].get(args.best_metric), args.model_dir)
+        log.info("model for the gallery chosen by validation %s=%s: %s", args.best_metric, val, args.model_dir)
         write_json(Path(args.out_dir) / "best_run.json",
                    {k: best[k] for k in ("task", "init", "fold", "fraction", "seed")}
-                   | {"model_dir": args.model_dir, args.best_metric: best["metrics"].get(args.best_metric)})
+                   | {"model_dir": args.model_dir, "chosen_on": "validation", f"val_{args.best_metric}": val,
+                      f"test_{args.best_metric}": best["metrics"].get(args.best_metric)})
     elif args.fold is None or args.predictions is None:
         ap.error("--model-dir needs --fold and --predictions")
     paths = run_cam(args.model_dir, args.table, args.fold, args.predictions, args.out_dir,
                     methods=args.methods.split(","), per_group=args.per_group, device=args.device)
     log.info("%d CAM galleries -> %s", len(paths), args.out_dir)
+    return 0
+
+
+def protocol_main(argv: list[str] | None = None) -> int:
+    """``fundusfm protocol``: the study's protocol card from the tasks' ``<task>_protocol.json``
+    (written by ``fundusfm table``): Markdown, and reStructuredText for the report's front
+    page (the static workflow description followed by the card)."""
+    from fundusfm.evaluate.protocol import card_markdown, card_rst
+
+    ap = argparse.ArgumentParser(prog="fundusfm protocol", description=protocol_main.__doc__)
+    ap.add_argument("--cards", nargs="+", required=True, help="results/tables/<task>_protocol.json files")
+    ap.add_argument("--intro", help="reStructuredText placed before the card (the workflow description)")
+    ap.add_argument("--out-md", required=True)
+    ap.add_argument("--out-rst", required=True)
+    args = ap.parse_args(argv)
+    sections = []
+    for path in args.cards:
+        rec = json.loads(Path(path).read_text())
+        sections.append((f"Task {rec['facts']['task']}", [tuple(x) for x in rec["card"]]))
+    md = "# Protocol card\n\n" + "\n".join(card_markdown(items, title=name) for name, items in sections)
+    intro = Path(args.intro).read_text().rstrip() + "\n\n" if args.intro else ""
+    for out, text in ((args.out_md, md), (args.out_rst, card_rst(sections) + "\n" + intro)):
+        write_text(out, text)
+    log.info("protocol card of %d task(s) -> %s, %s", len(sections), args.out_md, args.out_rst)
     return 0
 
 
