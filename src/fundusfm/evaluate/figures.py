@@ -7,7 +7,7 @@ Files written by :func:`make_figures` into ``out_dir`` (``<set>`` = ``test``,
   curve over runs, faint per-run curves; legend: mean AUROC ± sd);
 * ``pr_<set>.png`` — precision-recall curves, same layout;
 * ``label_efficiency_<set>.png`` — headline metric vs label fraction per init
-  (mean and 1.96·sd/√n interval over runs);
+  (mean; band: Student's t interval over >= 3 runs, the range of 2 runs, a single run's CI);
 * ``confusion_<set>.png`` — confusion matrices (row-normalised, summed over runs) per
   init at the largest fraction (multilabel: one 2x2 per label);
 * ``calibration_<set>.png`` — reliability diagrams per init at the largest fraction;
