@@ -148,3 +148,42 @@ def test_gallery_model_is_chosen_on_validation_not_test(tmp_path):
                      "_path": str(d / "test.json")})
     best, val = best_run_on_validation(recs, task_spec(TASK, "t"))
     assert best["init"] == "b" and val == pytest.approx(1.0)  # run a has the better *test* AUROC
+
+
+def test_protocol_card_is_written_from_config_and_result_files(tmp_path):
+    from pathlib import Path
+
+    import yaml
+
+    from fundusfm import config as fcfg
+    from fundusfm.evaluate import protocol
+
+    repo = Path(__file__).resolve().parents[1]
+    cfg = fcfg.validate(yaml.safe_load((repo / "config" / "config.yaml").read_text()))
+    cfg["tasks"]["multidisease"]["hparams"] = {"val_labels": "full"}
+    facts = protocol.config_facts(cfg, "multidisease")
+    split = pd.DataFrame({"dataset": ["multidisease"] * 3 + ["external"] * 2,
+                          "patient_id": ["P1", "P1", "P2", "e1", "e2"], "image_id": ["a", "b", "c", "e1", "e2"],
+                          "split_group": ["multidisease/P1", "multidisease/P1", "multidisease/P2", "external/e1",
+                                          "external/e1"],
+                          "group_source": ["patient_id", "patient_id", "patient_id", "near-duplicate cluster",
+                                           "near-duplicate cluster"]})
+    split.to_csv(tmp_path / "split.csv", index=False)
+    pairs = pd.DataFrame({"task": ["multidisease", ""], "kind": ["development_external", "cross"],
+                          "dataset_a": ["multidisease", "upstream"], "image_id_a": ["a", "u1"],
+                          "dataset_b": ["external", "multidisease"], "image_id_b": ["e9", "c"],
+                          "distance": [1, 0], "hash_a": ["0", "0"], "hash_b": ["0", "0"], "action": ["x", "y"]})
+    pairs.to_csv(tmp_path / "overlap.csv", index=False)
+    items = protocol.card_items(facts, {}, protocol.split_levels([tmp_path / "split.csv"]),
+                                protocol.overlap_counts(tmp_path / "overlap.csv", "multidisease",
+                                                        ["multidisease", "external"]), {"test": 1})
+    md = protocol.card_markdown(items)
+    for text in ("inits random, fundus (reference for Δ and p: random)", "10%, 100%",
+                 "the final classifier layer starts fresh for every init", "`carry_head`: none",
+                 "the full validation set is kept", "Student's t", "1 pretraining image(s)",
+                 "1 external image(s) duplicating a development image excluded",
+                 "external: image-level split and CIs", "multidisease: patient-level (2 split groups)",
+                 "undefined runs per set: test 1", "mobilenetv3_small_100"):
+        assert text in md, text
+    rst = protocol.card_rst([("Task multidisease", items)])
+    assert "``carry_head``" in rst and rst.startswith("Protocol card\n=============")

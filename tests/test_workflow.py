@@ -10,6 +10,8 @@ import yaml
 
 from workflow_helpers import copy_workflow, job_stats, run_snakemake, tiny_config
 
+from fundusfm.evaluate.aggregate import metric_range
+
 pytestmark = pytest.mark.slow
 
 
@@ -33,6 +35,17 @@ def test_study_produces_tables_figures_and_cams_for_every_task(tiny_study):
         assert (results / "tables" / f"{task}.md").read_text().strip()
         assert (results / "figures" / task / "roc_test.png").stat().st_size > 0
         assert any((results / "cam" / task).glob("gradcam_*.png"))
+        # issue 14: the protocol card heads the table, and no printed bound leaves its metric's range
+        md = (results / "tables" / f"{task}.md").read_text()
+        assert md.splitlines()[2].startswith("**Protocol card**")
+        for col in table.columns:
+            metric, _, stat = col.rpartition("__")
+            if stat in ("ci_lo", "ci_hi", "boot_lo", "boot_hi", "hl_lo", "hl_hi", "range_lo", "range_hi"):
+                lo, hi = metric_range(metric)
+                vals = table[col].dropna()
+                assert ((vals >= lo) & (vals <= hi)).all(), (task, col, vals.tolist())
+        assert json.loads((results / "cam" / task / "best_run.json").read_text())["chosen_on"] == "validation"
+    assert "Protocol card" in (results / "protocol" / "card.md").read_text()
     # every input image has a QC row
     for ds in ("up", "down", "ext"):
         labels = pd.read_csv(tiny_study / "data" / ds / "labels.csv")
