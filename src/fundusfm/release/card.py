@@ -35,8 +35,8 @@ def _study_metrics(study: dict) -> list[str]:
     if not study:
         return ["No study tables were given to the export (`--tables`)."]
     lines = ["Downstream tasks of the study, fine-tuned from each initialisation "
-             "(`fundus` = from this model's pretraining; mean over folds × seeds with the across-run 95% "
-             "interval, or a single run's patient-bootstrap 95% CI):", ""]
+             "(`fundus` = from this model's pretraining; mean over folds × seeds with the 95% interval "
+             "combining run-to-run variation and patient sampling, see the study tables' captions):", ""]
     for task, rows in sorted(study.items()):
         lines += [f"**{task}**", "", "| set | init | label fraction | runs | metric | mean [95% CI] |",
                   "|---|---|---|---|---|---|"]

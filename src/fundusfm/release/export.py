@@ -136,8 +136,12 @@ def study_tables(paths) -> dict:
         for r in df.to_dict("records"):
             if metric is None:
                 break
-            lo, hi = _num(r.get(f"{metric}__ci_lo")), _num(r.get(f"{metric}__ci_hi"))
-            if lo is None:  # a single run: its bootstrap CI
+            # the headline interval (runs and patients) first, else the across-run t interval,
+            # else a single run's bootstrap CI (fundusfm.evaluate.tables)
+            lo, hi = _num(r.get(f"{metric}__hl_lo")), _num(r.get(f"{metric}__hl_hi"))
+            if lo is None:
+                lo, hi = _num(r.get(f"{metric}__ci_lo")), _num(r.get(f"{metric}__ci_hi"))
+            if lo is None:
                 lo, hi = _num(r.get(f"{metric}__boot_lo")), _num(r.get(f"{metric}__boot_hi"))
             rows.append({"set": r["set"], "init": r["init"], "fraction": _num(r["fraction"]),
                          "n_runs": int(r["n_runs"]) if _num(r.get("n_runs")) is not None else None,
