@@ -142,6 +142,7 @@ def test_same_photo_under_two_patient_ids_is_merged(tmp_path):
 def test_development_external_near_duplicate_is_excluded_and_listed(tmp_path):
     dev = {f"d{k:02d}": _texture(200 + k) for k in range(12)}
     dev["shared"] = _retina()
+    dev["d00_again"] = _reencoded(dev["d00"], tmp_path)  # a near-duplicate pair inside the development data
     write_processed(tmp_path, "dev", dev, {k: i % 2 for i, k in enumerate(dev)}, {k: f"P{k}" for k in dev})
     ext = {f"e{k:02d}": _texture(300 + k) for k in range(6)}
     ext["shared_again"] = _reencoded(dev["shared"], tmp_path)

@@ -62,8 +62,11 @@ def near_duplicate_handling(df: pd.DataFrame, task: dict, bits: int | None,
     pairs = task_overlaps(hashes, dev, ext, bits)
     pos = {k: i for i, k in enumerate(zip(df["dataset"], df["image_id"]))}
     within = pairs[pairs["kind"] == "within_development"]
+    # pairs of this table's rows only (an external table sees the development data only
+    # through --dedup-against: its internal pairs are the development table's business)
     edges = [(pos[(a, ia)], pos[(b, ib)]) for a, ia, b, ib in
-             zip(within["dataset_a"], within["image_id_a"], within["dataset_b"], within["image_id_b"])]
+             zip(within["dataset_a"], within["image_id_a"], within["dataset_b"], within["image_id_b"])
+             if (a, ia) in pos and (b, ib) in pos]
     df = df.join(merge_groups(df, edges))
     cross = pairs[pairs["kind"] == "development_external"]
     for r in cross.itertuples():
