@@ -107,6 +107,8 @@ def test_interval_bounds_stay_inside_the_metric_range():
     assert 0.0 <= agg["ci_lo"] < agg["ci_hi"] <= 1.0 and agg["ci_lo"] == 0.0
     kappa = aggregate_values([-0.9, 0.0, 0.9], "kappa_quadratic")
     assert kappa["ci_lo"] == -1.0 and kappa["ci_hi"] == 1.0
+    brier = aggregate_values([0.8, 1.1, 1.4], "brier")  # multiclass Brier: a sum over classes, up to 2
+    assert brier["ci_hi"] > 1.0
 
 
 def test_duplicate_runs_rejected():

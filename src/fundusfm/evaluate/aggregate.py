@@ -24,8 +24,8 @@ MIN_RUNS_FOR_INTERVAL = 3
 GROUP_KEYS = ("set", "init", "fraction")
 AGG_COLUMNS = ["n", "n_undefined", "mean", "sd", "half_width", "ci_lo", "ci_hi", "range_lo", "range_hi",
                "boot_lo", "boot_hi"]
-# metrics whose values are not in [0, 1]
-METRIC_RANGES = {"kappa_quadratic": (-1.0, 1.0), "kappa": (-1.0, 1.0)}
+# metrics whose values are not in [0, 1] (the multiclass Brier score sums over classes)
+METRIC_RANGES = {"kappa_quadratic": (-1.0, 1.0), "kappa": (-1.0, 1.0), "brier": (0.0, 2.0)}
 # preferred display order of inits; others follow alphabetically
 INIT_ORDER = ("random", "imagenet", "fundus", "imagenet+fundus")
 
