@@ -216,7 +216,7 @@ def report_front_page():
 def task_val_predictions(wildcards):
     """Validation predictions of every run of a task (the gallery model is chosen on them)."""
     return [
-        f"{R}/finetune/{r.path}/predictions_val.csv"
+        f"{layout.finetune_dir(R, r)}/predictions_val.csv"
         for r in fcfg.runs(config, wildcards.task)
     ]
 

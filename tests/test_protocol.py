@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from fundusfm.data.splits import _patient_strata, label_fraction_mask, patient_key
-from fundusfm.train.config import TaskSpec, resolve_hparams
+from fundusfm.task import TaskSpec
+from fundusfm.train.config import resolve_hparams
 from fundusfm.train.engine import RunSpec, select_sets
 
 TASK = {"type": "binary", "label": "abnormal", "classes": ["normal", "abnormal"]}
@@ -92,7 +93,7 @@ def test_undefined_validation_metric_falls_back_to_loss_with_a_warning(tmp_path,
     sys.path.insert(0, str(Path(__file__).parent))
     from test_train_helpers import BINARY_TASK, make_task_table, tiny_hparams
 
-    from fundusfm.train.cli import main
+    from fundusfm.train.cli import train_main as main
 
     torch.set_num_threads(1)
     table = make_task_table(tmp_path, n=40)
@@ -114,7 +115,7 @@ def test_undefined_validation_metric_falls_back_to_loss_with_a_warning(tmp_path,
 
 
 def test_monitor_follows_the_absent_class_policy():
-    from fundusfm.train.config import TaskSpec
+    from fundusfm.task import TaskSpec
     from fundusfm.train.metrics import monitor_value
 
     task = TaskSpec.from_dict({"type": "multilabel", "labels": ["dr", "rvo"]})
@@ -132,7 +133,7 @@ def _binary_preds(path, y, score):
 
 
 def test_gallery_model_is_chosen_on_validation_not_test(tmp_path):
-    from fundusfm.evaluate.io import task_spec
+
     from fundusfm.evaluate.study import best_run_on_validation
 
     y = np.array([0, 0, 0, 1, 1, 1])
@@ -146,7 +147,7 @@ def test_gallery_model_is_chosen_on_validation_not_test(tmp_path):
         recs.append({"task": "t", "set": "test", "init": name, "fold": 0, "fraction": 1.0, "seed": 0,
                      "metrics": {"auroc": test_auroc}, "predictions": str(d / "predictions_test.csv"),
                      "_path": str(d / "test.json")})
-    best, val = best_run_on_validation(recs, task_spec(TASK, "t"))
+    best, val = best_run_on_validation(recs, TaskSpec.from_dict(TASK, "t"))
     assert best["init"] == "b" and val == pytest.approx(1.0)  # run a has the better *test* AUROC
 
 
