@@ -360,3 +360,17 @@ def ingest_inputs(wildcards):
         if os.path.isfile(path):
             files.append(path)
     return files
+
+
+def overlap_qc_arg():
+    return " ".join(f"{d}={R}/preprocessed/{d}/qc.csv" for d in DATASETS)
+
+
+def overlap_evaluation_arg():
+    """Datasets of any task that are not pretraining datasets."""
+    used = {d for t in config["tasks"].values() for d in t["datasets"] + t["external"]}
+    return " ".join(sorted(used - set(config["pretrain"]["datasets"])))
+
+
+def overlap_keep_arg():
+    return "" if config["pretrain"]["exclude_overlaps"] else "--keep-upstream-overlaps"

@@ -82,12 +82,13 @@ rule preprocess:
 
 
 rule overlap:
-    """Every near-duplicate pair of the study (pretraining vs downstream, development vs
-    external, within development) and what was done with it."""
+    """Upstream images that near-duplicate an evaluation image, to leave out of pretraining.
+    Its own rule, over the pretraining and evaluation datasets only: adding an external set
+    to a task whose datasets are already evaluated changes nothing here, so pretraining and
+    the fine-tunes stay (the study-wide report is `overlap_report`)."""
     input:
         qc=[f"{R}/preprocessed/{d}/qc.csv" for d in DATASETS],
     output:
-        report=f"{R}/overlap/overlap.csv",
         exclude=f"{R}/overlap/exclude_from_pretraining.csv",
     log:
         f"{R}/logs/overlap.log",
@@ -95,31 +96,39 @@ rule overlap:
     conda:
         "../envs/fundusfm.yaml"
     params:
-        qc=" ".join(f"{d}={R}/preprocessed/{d}/qc.csv" for d in DATASETS),
+        qc=overlap_qc_arg(),
         upstream=" ".join(config["pretrain"]["datasets"]),
-        evaluation=" ".join(
-            sorted(
-                {
-                    d
-                    for t in config["tasks"].values()
-                    for d in t["datasets"] + t["external"]
-                }
-                - set(config["pretrain"]["datasets"])
-            )
-        ),
+        evaluation=overlap_evaluation_arg(),
+        keep=overlap_keep_arg(),
+    shell:
+        "fundusfm overlap --qc {params.qc} --upstream {params.upstream} "
+        "--evaluation {params.evaluation} {params.keep} --exclude-out {output.exclude} > {log} 2>&1"
+
+
+rule overlap_report:
+    """Every near-duplicate pair of the study (pretraining vs downstream, development vs
+    external, within development) and what was done with it."""
+    input:
+        qc=[f"{R}/preprocessed/{d}/qc.csv" for d in DATASETS],
+    output:
+        report=f"{R}/overlap/overlap.csv",
+    log:
+        f"{R}/logs/overlap_report.log",
+    conda:
+        "../envs/fundusfm.yaml"
+    params:
+        qc=overlap_qc_arg(),
+        upstream=" ".join(config["pretrain"]["datasets"]),
+        evaluation=overlap_evaluation_arg(),
         tasks=" ".join(
             f"{name}={','.join(t['datasets'])}:{','.join(t['external'])}"
             for name, t in sorted(config["tasks"].items())
         ),
-        keep=(
-            ""
-            if config["pretrain"]["exclude_overlaps"]
-            else "--keep-upstream-overlaps"
-        ),
+        keep=overlap_keep_arg(),
     shell:
         "fundusfm overlap --qc {params.qc} --upstream {params.upstream} "
         "--evaluation {params.evaluation} --task {params.tasks} {params.keep} "
-        "--out {output.report} --exclude-out {output.exclude} > {log} 2>&1"
+        "--out {output.report} > {log} 2>&1"
 
 
 rule split:

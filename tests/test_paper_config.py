@@ -180,7 +180,7 @@ def expected_jobs(cfg: dict) -> dict[str, int]:
     n_ext = {t: len(cfg["tasks"][t]["external"]) for t in cfg["tasks"]}
     n_tasks = len(cfg["tasks"])
     return {
-        "ingest": len(cfg["datasets"]), "preprocess": len(cfg["datasets"]), "overlap": 1,
+        "ingest": len(cfg["datasets"]), "preprocess": len(cfg["datasets"]), "overlap": 1, "overlap_report": 1,
         "split": n_tasks + 1, "pretrain": len(fcfg.pretrain_sources(cfg)),
         "finetune": sum(runs.values()),
         "predict_external": sum(runs[t] * n_ext[t] for t in runs),

@@ -117,7 +117,7 @@ def overlap_main(argv: list[str] | None = None) -> int:
                    help="preprocess QC table of each dataset (processed images are found next to it)")
     p.add_argument("--upstream", nargs="+", required=True, metavar="DS", help="datasets used for pretraining")
     p.add_argument("--evaluation", nargs="+", default=[], metavar="DS", help="downstream evaluation datasets")
-    p.add_argument("--out", required=True, type=Path, help="pairs CSV")
+    p.add_argument("--out", type=Path, help="pairs CSV (every near-duplicate pair and what was done)")
     p.add_argument("--exclude-out", type=Path, help="upstream images to leave out of pretraining (CSV)")
     p.add_argument("--task", nargs="+", default=[], metavar="NAME=DEV[,DEV...][:EXT[,EXT...]]",
                    help="a task's development and external datasets: their near-duplicates are listed too")
@@ -128,6 +128,8 @@ def overlap_main(argv: list[str] | None = None) -> int:
     p.add_argument("--hash-size", type=int, default=8, help="pHash side; bits = side^2 (default 8)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
+    if args.out is None and args.exclude_out is None:
+        p.error("give --out, --exclude-out or both")
     _verbose(args.verbose)
     qc = dict(args.qc)
     tasks = {}
@@ -152,7 +154,8 @@ def overlap_main(argv: list[str] | None = None) -> int:
         tasks[d] = {"datasets": [d], "external": []}
     pairs = study_overlaps(hashes, args.upstream, tasks, args.threshold,
                            exclude_from_pretraining=not args.keep_upstream_overlaps)
-    atomic_write(args.out, lambda t: pairs.to_csv(t, index=False))
+    if args.out:
+        atomic_write(args.out, lambda t: pairs.to_csv(t, index=False))
     if args.exclude_out:
         ex = exclusion_list(pairs) if not args.keep_upstream_overlaps else exclusion_list(pairs.iloc[0:0])
         atomic_write(args.exclude_out, lambda t: ex.to_csv(t, index=False))
@@ -160,7 +163,8 @@ def overlap_main(argv: list[str] | None = None) -> int:
     (log.warning if n_cross else log.info)(
         "%d upstream/evaluation pairs within %d bits, %d other near-duplicate pairs (%s); wrote %s",
         n_cross, args.threshold, len(pairs) - n_cross,
-        ", ".join(f"{k}={v}" for k, v in pairs["kind"].value_counts().sort_index().items()), args.out)
+        ", ".join(f"{k}={v}" for k, v in pairs["kind"].value_counts().sort_index().items()),
+        ", ".join(str(o) for o in (args.out, args.exclude_out) if o))
     return 0
 
 
