@@ -9,6 +9,7 @@ from skimage import data
 
 import cv2
 import fov_cases
+from fov_cases import paste  # the one helper that places a real retina photo on a camera frame
 from fundusfm.preprocess import crop
 from fundusfm.preprocess.fov import detect_fov, robust_circle
 
@@ -20,21 +21,6 @@ RETINA_TRUTH = (704.155, 702.898, 695.245)
 @pytest.fixture(scope="module")
 def retina():
     return data.retina()
-
-
-def paste(src, truth, canvas, diam, offset):
-    """Scale ``src`` so its FOV has diameter ``diam``, paste it on a black ``canvas`` with
-    the FOV centre ``offset`` from the canvas centre; return image and true circle."""
-    w, h = canvas
-    sw = src.shape[1]
-    n = int(round(sw * diam / (2 * truth[2])))
-    s = n / sw
-    scaled = Image.fromarray(src).resize((n, n), Image.LANCZOS)
-    fcx, fcy = (truth[0] + 0.5) * s - 0.5, (truth[1] + 0.5) * s - 0.5
-    ox, oy = int(round(w / 2 + offset[0] - fcx)), int(round(h / 2 + offset[1] - fcy))
-    im = Image.new("RGB", (w, h))
-    im.paste(scaled, (ox, oy))
-    return np.asarray(im), (fcx + ox, fcy + oy, truth[2] * s)
 
 
 def errors(fov, truth):
