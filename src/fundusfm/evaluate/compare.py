@@ -68,6 +68,22 @@ def _two_sided_p(d: np.ndarray) -> float:
     return float(min(1.0, 2 * min(le, ge)))
 
 
+
+def patient_draws(patients_per_run: Sequence, n_boot: int, rng: np.random.Generator) -> tuple[list, np.ndarray]:
+    """Patient-level bootstrap draws shared by several runs on the same patients.
+
+    Returns each run's images as codes into one patient index, and ``counts[b, p]``: how
+    often patient ``p`` is drawn in resample ``b`` (all its images go along). The same
+    draws serve every run, so runs are compared on the same resampled patients.
+    """
+    keys = np.concatenate([np.asarray(p) for p in patients_per_run])
+    codes_all, uniques = pd.factorize(keys, sort=True)
+    bounds = np.cumsum([0] + [len(p) for p in patients_per_run])
+    codes = [codes_all[bounds[i]:bounds[i + 1]] for i in range(len(patients_per_run))]
+    n_pat = len(uniques)
+    counts = np.stack([np.bincount(rng.integers(0, n_pat, size=n_pat), minlength=n_pat) for _ in range(n_boot)])
+    return codes, counts
+
 def paired_bootstrap_runs(
     runs: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
     metric_fn: Callable[[np.ndarray, np.ndarray], float | None],
@@ -103,15 +119,8 @@ def paired_bootstrap_runs(
     if observed is None:
         return {**out, "diff": None, "ci": None, "p_value": None, "n_valid": 0,
                 "reason": "metric undefined in every run"}
-    keys = np.concatenate([np.asarray(r[3]) for r in runs])
-    codes_all, uniques = pd.factorize(keys, sort=True)
-    bounds = np.cumsum([0] + [len(r[0]) for r in runs])
-    codes = [codes_all[bounds[i]:bounds[i + 1]] for i in range(len(runs))]
     rng = np.random.default_rng(seed)
-    n_pat = len(uniques)
-    # counts[b, p]: how often patient p is drawn in resample b (all its images go along)
-    counts = np.stack([np.bincount(rng.integers(0, n_pat, size=n_pat), minlength=n_pat)
-                       for _ in range(n_boot)])
+    codes, counts = patient_draws([r[3] for r in runs], n_boot, rng)
     resampled = getattr(metric_fn, "resampled", None)
     if resampled is not None:
         # every resample at once: D[r, b] = metric(a) - metric(b) of run r in resample b

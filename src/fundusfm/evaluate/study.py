@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from fundusfm.evaluate.aggregate import clip_to_range
-from fundusfm.evaluate.compare import delong_test, metric_getter, paired_bootstrap_runs
+from fundusfm.evaluate.compare import delong_test, metric_getter, paired_bootstrap_runs, patient_draws
 from fundusfm.evaluate.io import align_predictions, patient_groups, read_metrics_json, to_arrays
 from fundusfm.evaluate.metrics import Undefined
 from fundusfm.task import TaskSpec, read_predictions
@@ -142,13 +142,8 @@ def runs_and_patients_interval(
     out = {"lo": None, "hi": None, "n_runs": len(runs), "n_boot": int(n_boot), "n_valid": 0}
     if not runs or n_boot < 1:
         return out
-    keys = np.concatenate([np.asarray(r[2]) for r in runs])
-    codes_all, uniques = pd.factorize(keys, sort=True)
-    bounds = np.cumsum([0] + [len(r[0]) for r in runs])
-    codes = [codes_all[bounds[i]:bounds[i + 1]] for i in range(len(runs))]
     rng = np.random.default_rng(seed)
-    n_pat = len(uniques)
-    counts = np.stack([np.bincount(rng.integers(0, n_pat, size=n_pat), minlength=n_pat) for _ in range(n_boot)])
+    codes, counts = patient_draws([r[2] for r in runs], n_boot, rng)
     run_draw = rng.integers(0, len(runs), size=(n_boot, len(runs)))
     resampled = getattr(metric_fn, "resampled", None)
     M = np.full((len(runs), n_boot), np.nan)
