@@ -25,14 +25,19 @@ def demo() -> dict:
 
 def test_run_paths_are_built_and_parsed_by_the_same_pattern(tmp_path):
     run = layout.Run("dr", "imagenet+fundus", 2, layout.fmt_fraction(0.10), 7)
-    assert run.path == "dr/imagenet+fundus/fold2/frac0.1/seed7"
+    assert run.path == "dr/imagenet+fundus/finetune/fold2/frac0.1/seed7"
+    probe = layout.Run("dr", "retfound", 2, "0.1", 7, "linear")
+    assert probe.path == "dr/retfound/linear/fold2/frac0.1/seed7"
+    assert layout.parse_key(probe.key)["adaptation"] == "linear"
     assert layout.finetune_dir("results", run) == f"results/finetune/{run.path}"
     assert layout.metrics_json("results", run, "test") == f"results/metrics/{run.path}/test.json"
     folder = tmp_path / layout.finetune_dir("results", run)
     key, results = layout.run_key(folder)
     assert key == run.key and results == tmp_path / "results"
-    assert layout.parse_key(key) == {"kind": "finetune", "task": "dr", "init": "imagenet+fundus", "fold": 2,
-                                     "fraction": "0.1", "seed": 7}
+    assert layout.parse_key(key) == {"kind": "finetune", "task": "dr", "init": "imagenet+fundus",
+                                     "adaptation": "finetune", "fold": 2, "fraction": "0.1", "seed": 7}
+    with pytest.raises(ValueError, match="not a run key"):
+        layout.parse_key("finetune/dr/retfound/frozen/fold2/frac0.1/seed7")  # no such adaptation
     assert layout.parse_key("pretrain/imagenet")["init"] == "imagenet"
     with pytest.raises(ValueError, match="not a training folder"):
         layout.run_key(tmp_path / "finetune" / "dr" / "random")
@@ -40,9 +45,9 @@ def test_run_paths_are_built_and_parsed_by_the_same_pattern(tmp_path):
 
 def test_find_run_dirs_lists_finished_jobs_only(tmp_path):
     res = tmp_path / "results"
-    done = res / "finetune" / "t/random/fold0/frac1/seed0"
-    running = res / "finetune" / "t/random/fold1/frac1/seed0"
-    stray = res / "finetune" / "t/random/notafold/frac1/seed0"
+    done = res / "finetune" / "t/random/finetune/fold0/frac1/seed0"
+    running = res / "finetune" / "t/random/linear/fold1/frac1/seed0"
+    stray = res / "finetune" / "t/random/finetune/notafold/frac1/seed0"
     for d in (done, running, stray, res / "pretrain" / "random"):
         d.mkdir(parents=True)
     for d in (done, stray, res / "pretrain" / "random"):

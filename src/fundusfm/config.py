@@ -24,6 +24,10 @@ SCHEMA = "schemas/config.schema.yaml"
 # Inits that come from our own pretraining, and the pretraining source each needs.
 PRETRAINED_INITS = {"fundus": "random", "imagenet+fundus": "imagenet"}
 BUILTIN_INITS = {"random", "imagenet", *PRETRAINED_INITS}
+# an init's own model definition: these keys of `inits.<name>` replace the task's hparams
+MODEL_KEYS = ("arch", "img_size", "head", "mean", "std")
+# inverse regularisation strengths of the linear probe's sweep (chosen on validation)
+LINEAR_PROBE_C = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 
 
 class ConfigError(ValueError):
@@ -64,8 +68,15 @@ def _fill_defaults(config: dict) -> None:
     config.setdefault("results_dir", "results")
     config.setdefault("inits", {})
     for entry in config["inits"].values():
+        entry.setdefault("format", "auto")
         entry.setdefault("trust_pickle", False)
         entry.setdefault("allow_partial", False)
+        entry.setdefault("key_map", {})
+        entry.setdefault("recipe", {})
+    probe = config.setdefault("linear_probe", {})
+    probe.setdefault("c_values", list(LINEAR_PROBE_C))
+    probe.setdefault("max_iter", 1000)
+    probe.setdefault("batch_size", 64)
     config.setdefault("report", {})
     config["report"].setdefault("cam", True)
     config["report"].setdefault("n_boot", 1000)
@@ -90,6 +101,7 @@ def _fill_defaults(config: dict) -> None:
         task.setdefault("external", [])
         task.setdefault("split", {"strategy": "kfold", "folds": 5})
         task.setdefault("hparams", {})
+        task.setdefault("adaptations", ["finetune"])
         task.setdefault("compare_to", task["inits"][0] if "random" not in task["inits"] else "random")
 
 
@@ -112,6 +124,14 @@ def _cross_check(config: dict):
     for ds in sorted(allowed - pretrain):
         yield f"pretrain.also_in_tasks: {ds!r} is not a pretraining dataset (pretrain.datasets: {sorted(pretrain)})"
     named = set(config["inits"])
+    for name, entry in config["inits"].items():
+        for key in sorted(set(entry["recipe"]) & set(MODEL_KEYS)):
+            yield (f"inits.{name}.recipe.{key}: the model definition is a key of the init itself "
+                   f"(inits.{name}.{key}), not of its recipe")
+        from fundusfm.train.config import DEFAULT_HPARAMS
+
+        for key in sorted(set(entry["recipe"]) - set(DEFAULT_HPARAMS)):
+            yield f"inits.{name}.recipe.{key}: unknown hyper-parameter (known: {', '.join(sorted(DEFAULT_HPARAMS))})"
     for tname, task in config["tasks"].items():
         for key in ("datasets", "external"):
             for ds in task[key]:
@@ -250,20 +270,29 @@ def run_folds(task: dict) -> list[int]:
     return list(task.get("run_folds") or range(split_folds(task)))
 
 
-def runs(config: dict, task: str | None = None) -> list[Run]:
-    """The fine-tuning grid: task × init × fold × fraction × seed."""
+def runs(config: dict, task: str | None = None, adaptation: str | None = None) -> list[Run]:
+    """The downstream grid: task × init × adaptation × fold × fraction × seed (with
+    ``adaptation``, only its runs)."""
     out = []
     for tname, t in config["tasks"].items():
         if task is not None and tname != task:
             continue
-        for init, fold, frac, seed in itertools.product(t["inits"], run_folds(t), t["fractions"], t["seeds"]):
-            out.append(Run(tname, init, fold, fmt_fraction(frac), seed))
+        for init, adapt, fold, frac, seed in itertools.product(
+                t["inits"], t["adaptations"], run_folds(t), t["fractions"], t["seeds"]):
+            if adaptation is None or adapt == adaptation:
+                out.append(Run(tname, init, fold, fmt_fraction(frac), seed, adapt))
     return out
 
 
 def eval_sets(task: dict) -> list[str]:
     """Prediction sets evaluated for a task: the internal test set and each external set."""
     return ["test"] + [f"external_{ds}" for ds in task["external"]]
+
+
+def feature_parts(task: dict) -> list[str]:
+    """The feature files of a task's linear probes, per init: its development table, then
+    one per external set (:func:`fundusfm.layout.features_file`)."""
+    return ["dev"] + [f"external_{ds}" for ds in task["external"]]
 
 
 def pretrain_sources(config: dict) -> list[str]:
@@ -297,13 +326,38 @@ def released_run_dir(config: dict) -> str:
     if not task:
         return layout.pretrain_dir(results, layout.foundation_source(pretrain_sources(config)))
     init = release.get("init") or config["tasks"][task]["inits"][-1]
-    return layout.finetune_dir(results, layout.released_run([r for r in runs(config, task) if r.init == init]))
+    tuned = [r for r in runs(config, task, adaptation="finetune") if r.init == init]
+    return layout.finetune_dir(results, layout.released_run(tuned))
 
 
-def hparams(config: dict, task: str) -> dict:
-    """Resolved hyper-parameters of a task's training jobs (train defaults + overrides)."""
+def hparams(config: dict, task: str, init: str | None = None) -> dict:
+    """Resolved hyper-parameters of a task's training jobs: ``train``, then the task's
+    (or pretraining's) ``hparams``, then for a named ``init`` its ``recipe`` and its
+    model definition (:data:`MODEL_KEYS`: arch, input size, head, normalisation), which
+    no other level overrides."""
     own = config["pretrain"]["hparams"] if task == "pretrain" else config["tasks"][task]["hparams"]
-    return {**config["train"], **own}
+    hp = {**config["train"], **own}
+    entry = config["inits"].get(init) if init is not None else None
+    if entry:
+        hp.update(entry["recipe"])
+        hp.update({k: entry[k] for k in MODEL_KEYS if k in entry})
+    return hp
+
+
+def model_definition(config: dict, task: str, init: str) -> dict:
+    """The model an init's runs of a task use: arch, img_size, head, mean, std (``None``:
+    the architecture's timm default), as :func:`hparams` resolves them."""
+    from fundusfm.train.config import DEFAULT_HPARAMS
+
+    hp = {**{k: DEFAULT_HPARAMS.get(k) for k in MODEL_KEYS}, **hparams(config, task, init)}
+    return {k: hp.get(k) for k in MODEL_KEYS}
+
+
+def recipe_overrides(config: dict, task: str, init: str) -> dict:
+    """What an init's runs of a task train with beyond the task's own hyper-parameters
+    (its recipe and model definition): the protocol card lists it, per init."""
+    base, own = hparams(config, task), hparams(config, task, init)
+    return {k: v for k, v in own.items() if base.get(k) != v}
 
 
 def init_args(config: dict, init: str, results: str = "results") -> list[str]:
@@ -315,6 +369,10 @@ def init_args(config: dict, init: str, results: str = "results") -> list[str]:
         return ["--init", f"checkpoint:{ckpt}", "--init-name", init]
     entry = config["inits"][init]
     args = ["--init", f"checkpoint:{entry['checkpoint']}", "--init-name", init]
+    if entry["format"] != "auto":
+        args += ["--checkpoint-format", entry["format"]]
+    if entry["key_map"]:
+        args += ["--key-map-json", to_json(entry["key_map"])]
     if entry["trust_pickle"]:
         args.append("--trust-pickle")
     if entry["allow_partial"]:

@@ -3,9 +3,15 @@ in one place (the rules use :data:`RUN` through ``rules/common.smk``).
 
 ::
 
-    <results>/pretrain/<source>/                                   a pretraining job
-    <results>/finetune/<task>/<init>/fold<k>/frac<f>/seed<s>/       a fine-tuning job (RUN)
-    <results>/metrics/<task>/<init>/fold<k>/frac<f>/seed<s>/<set>.json
+    <results>/pretrain/<source>/                                          a pretraining job
+    <results>/finetune/<task>/<init>/<adaptation>/fold<k>/frac<f>/seed<s>/  a downstream job (RUN)
+    <results>/metrics/<task>/<init>/<adaptation>/fold<k>/frac<f>/seed<s>/<set>.json
+    <results>/features/<task>/<init>/<part>.parquet     frozen features (part: dev | external_<ds>)
+    <results>/models/<task>/<init>.json                 the init's model facts (params, size, speed)
+
+A downstream job adapts an init to a task in one of :data:`ADAPTATIONS`: ``finetune``
+(the whole network trained) or ``linear`` (a logistic regression on the frozen
+features, :mod:`fundusfm.train.linear`).
 
 A job's *key* is its folder relative to the results folder (``pretrain/random``,
 ``finetune/<RUN>``): MLflow runs are identified by it.
@@ -22,12 +28,29 @@ PRETRAIN = "pretrain"
 FINETUNE = "finetune"
 METRICS = "metrics"
 
-# One fine-tuning job's folder below <results>/finetune (and its metrics folder below
+FEATURES = "features"
+MODELS = "models"
+# how an init is adapted to a task: the whole network trained, or a linear probe on its
+# frozen features (the first is the default of every task)
+ADAPTATIONS = ("finetune", "linear")
+
+# One downstream job's folder below <results>/finetune (and its metrics folder below
 # <results>/metrics). The field names are the rules' wildcards.
-RUN = "{task}/{init}/fold{fold}/frac{fraction}/seed{seed}"
+RUN = "{task}/{init}/{adaptation}/fold{fold}/frac{fraction}/seed{seed}"
+
+
+
+def run_pattern(adaptation: str) -> str:
+    """:data:`RUN` with the adaptation fixed: the output pattern of the rule that makes
+    that adaptation's runs (``finetune`` or ``linear``)."""
+    if adaptation not in ADAPTATIONS:
+        raise ValueError(f"unknown adaptation {adaptation!r} (one of {ADAPTATIONS})")
+    return RUN.replace("{adaptation}", adaptation)
+
 
 _FINETUNE_KEY = re.compile(
-    r"^finetune/(?P<task>[^/]+)/(?P<init>[^/]+)/fold(?P<fold>\d+)/frac(?P<fraction>[^/]+)/seed(?P<seed>\d+)$"
+    r"^finetune/(?P<task>[^/]+)/(?P<init>[^/]+)/(?P<adaptation>" + "|".join(ADAPTATIONS) + r")"
+    r"/fold(?P<fold>\d+)/frac(?P<fraction>[^/]+)/seed(?P<seed>\d+)$"
 )
 _PRETRAIN_KEY = re.compile(r"^pretrain/(?P<source>[^/]+)$")
 
@@ -39,18 +62,20 @@ def fmt_fraction(f: float | str) -> str:
 
 @dataclass(frozen=True)
 class Run:
-    """One fine-tuning job of the study grid."""
+    """One downstream job of the study grid (``adaptation``: one of :data:`ADAPTATIONS`)."""
 
     task: str
     init: str
     fold: int
     fraction: str
     seed: int
+    adaptation: str = "finetune"
 
     @property
     def path(self) -> str:
         """The job's folder below ``<results>/finetune`` (and ``<results>/metrics``)."""
-        return RUN.format(task=self.task, init=self.init, fold=self.fold, fraction=self.fraction, seed=self.seed)
+        return RUN.format(task=self.task, init=self.init, adaptation=self.adaptation, fold=self.fold,
+                          fraction=self.fraction, seed=self.seed)
 
     @property
     def key(self) -> str:
@@ -73,14 +98,25 @@ def metrics_json(results: str | os.PathLike, run: Run, evalset: str) -> str:
     return f"{results}/{METRICS}/{run.path}/{evalset}.json"
 
 
+def features_file(results: str | os.PathLike, task: str, init: str, part: str) -> str:
+    """Frozen features of an init over a task's images: ``part`` is ``dev`` (the task's
+    development table) or ``external_<dataset>`` (one external table)."""
+    return f"{results}/{FEATURES}/{task}/{init}/{part}.parquet"
+
+
+def model_facts_json(results: str | os.PathLike, task: str, init: str) -> str:
+    """An init's model facts for a task: parameters, input size, throughput."""
+    return f"{results}/{MODELS}/{task}/{init}.json"
+
+
 def parse_key(key: str) -> dict:
     """What a job's key says: ``kind`` (``finetune``/``pretrain``), task, init, fold,
-    fraction (and seed for fine-tuning). Raises ValueError for anything else."""
+    fraction (and adaptation and seed for downstream jobs). Raises ValueError for anything else."""
     m = _FINETUNE_KEY.match(key)
     if m:
         d = m.groupdict()
-        return {"kind": FINETUNE, "task": d["task"], "init": d["init"], "fold": int(d["fold"]),
-                "fraction": d["fraction"], "seed": int(d["seed"])}
+        return {"kind": FINETUNE, "task": d["task"], "init": d["init"], "adaptation": d["adaptation"],
+                "fold": int(d["fold"]), "fraction": d["fraction"], "seed": int(d["seed"])}
     m = _PRETRAIN_KEY.match(key)
     if m:
         return {"kind": PRETRAIN, "task": PRETRAIN, "init": m["source"], "fold": 0, "fraction": "1"}
@@ -118,7 +154,7 @@ def find_run_dirs(results_dir: str | os.PathLike) -> list[Path]:
     (a folder counts once its ``model.json`` is there: outputs appear only when a job
     finished)."""
     results = Path(results_dir)
-    pattern = RUN.format(task="*", init="*", fold="*", fraction="*", seed="*")
+    pattern = RUN.format(task="*", init="*", adaptation="*", fold="*", fraction="*", seed="*")
     found = []
     for meta in sorted((results / PRETRAIN).glob("*/model.json")) + sorted(
         (results / FINETUNE).glob(f"{pattern}/model.json")
@@ -136,5 +172,8 @@ def foundation_source(sources) -> str:
 
 def released_run(runs: list[Run]) -> Run:
     """The fine-tuning job released for a task and init: the largest label fraction,
-    then the first fold and seed."""
-    return sorted(runs, key=lambda r: (-float(r.fraction), r.fold, r.seed))[0]
+    then the first fold and seed (a linear probe is not a network: never released)."""
+    tuned = [r for r in runs if r.adaptation == "finetune"]
+    if not tuned:
+        raise ValueError("no fine-tuning run to release (linear probes are not released)")
+    return sorted(tuned, key=lambda r: (-float(r.fraction), r.fold, r.seed))[0]

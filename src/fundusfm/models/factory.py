@@ -98,6 +98,7 @@ def create(
     img_size: int | None = None,
     imagenet_weights: str | os.PathLike | None = None,
     drop_rate: float = 0.0,
+    drop_path_rate: float = 0.0,
 ) -> nn.Module:
     """Create a timm backbone ``arch`` with ``num_classes`` outputs and the chosen head.
 
@@ -118,6 +119,8 @@ def create(
     if arch not in timm.list_models():
         raise ValueError(f"unknown timm architecture {arch!r} (see timm.list_models())")
     kwargs: dict = {"drop_rate": drop_rate} if drop_rate else {}
+    if drop_path_rate:  # stochastic depth (ViTs, ResNets, ...): the recipes of ViT fine-tuning use it
+        kwargs["drop_path_rate"] = drop_path_rate
     if pretrained_init == "imagenet":
         model = _create_imagenet(arch, num_classes, img_size, imagenet_weights, kwargs)
     else:
@@ -156,6 +159,44 @@ def default_mean_std(model: nn.Module) -> tuple[list[float], list[float]]:
     """Normalisation constants the backbone was designed for (timm's data config)."""
     cfg = timm.data.resolve_data_config({}, model=model)
     return [float(x) for x in cfg["mean"]], [float(x) for x in cfg["std"]]
+
+
+# named input normalisations (images scaled to [0, 1] first); the constants are timm's
+NORMALISATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "imagenet": (timm.data.IMAGENET_DEFAULT_MEAN, timm.data.IMAGENET_DEFAULT_STD),
+    "inception": (timm.data.IMAGENET_INCEPTION_MEAN, timm.data.IMAGENET_INCEPTION_STD),  # 0.5 / 0.5
+    "clip": (timm.data.OPENAI_CLIP_MEAN, timm.data.OPENAI_CLIP_STD),
+    "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+}
+
+
+def input_norm(model: nn.Module, mean=None, std=None) -> tuple[list[float], list[float]]:
+    """The mean and std a model's inputs are normalised with: each given as three numbers
+    or a name of :data:`NORMALISATIONS` (``mean: imagenet``), else (``None``) the
+    architecture's own timm default."""
+    default = default_mean_std(model)
+
+    def one(value, which: int, what: str) -> list[float]:
+        if value is None:
+            return default[which]
+        if isinstance(value, str):
+            if value not in NORMALISATIONS:
+                raise ValueError(f"{what} {value!r}: use 3 numbers or one of {sorted(NORMALISATIONS)}")
+            return [float(x) for x in NORMALISATIONS[value][which]]
+        vals = [float(x) for x in value]
+        if len(vals) != 3 or (which == 1 and min(vals) <= 0):
+            raise ValueError(f"{what} must be 3 numbers (RGB){' > 0' if which else ''}, got {value!r}")
+        return vals
+
+    return one(mean, 0, "mean"), one(std, 1, "std")
+
+
+def build(hp: dict, num_outputs: int) -> nn.Module:
+    """The (randomly initialised) model of resolved hyper-parameters ``hp``: its ``arch``,
+    ``head``, ``img_size``, ``drop_rate`` and ``drop_path_rate``. Training, feature
+    extraction and model facts all build a run's model here."""
+    return create(hp["arch"], num_outputs, hp["head"], "random", img_size=hp["img_size"],
+                  drop_rate=hp.get("drop_rate") or 0.0, drop_path_rate=hp.get("drop_path_rate") or 0.0)
 
 
 @torch.no_grad()

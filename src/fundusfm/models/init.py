@@ -260,6 +260,35 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise InitError(f"checkpoint {path} is not a readable safetensors file ({exc})") from None
 
 
+def apply_key_map(state: dict[str, torch.Tensor], key_map: dict[str, str | None],
+                  report: KeyReport) -> dict[str, torch.Tensor]:
+    """Rename checkpoint keys by prefix before the format reads them: ``{"encoder.": ""}``
+    strips a prefix, ``{"text.": None}`` drops those keys (the longest matching prefix
+    wins). Renames go to ``report.renamed``, drops to ``report.dropped``; a prefix that
+    matches no key is an error (a typo would otherwise pass silently)."""
+    if not key_map:
+        return state
+    prefixes = sorted(key_map, key=len, reverse=True)
+    used: set[str] = set()
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        hit = next((p for p in prefixes if key.startswith(p)), None)
+        if hit is None:
+            out[key] = value
+            continue
+        used.add(hit)
+        if key_map[hit] is None:
+            report.dropped.append(key)
+        else:
+            out[key_map[hit] + key[len(hit):]] = value
+    unused = [p for p in key_map if p not in used]
+    if unused:
+        raise InitError(f"{report.source}: key_map prefix(es) {unused} match no key of the checkpoint "
+                        f"(its keys start with {sorted({k.split('.', 1)[0] + '.' for k in state})[:8]})")
+    report.renamed.update({p: ("(dropped)" if v is None else v) for p, v in key_map.items()})
+    return out
+
+
 def load_init(
     model: nn.Module,
     init_spec: str,
@@ -268,12 +297,14 @@ def load_init(
     allow_partial: bool = False,
     imagenet_weights: str | os.PathLike | None = None,
     checkpoint_format: str = "auto",
+    key_map: dict[str, str | None] | None = None,
     carry_head: str = "none",
 ) -> KeyReport:
     """Load the init source ``init_spec`` into ``model`` in place and return the key report.
 
     ``checkpoint_format`` names the key layout of a ``checkpoint:`` file (one of
-    :func:`fundusfm.models.formats.names`; ``auto`` detects it from the keys). The final
+    :func:`fundusfm.models.formats.names`; ``auto`` detects it from the keys); ``key_map``
+    renames its keys by prefix first (:func:`apply_key_map`). The final
     classifier layer is never loaded; ``carry_head='hidden'`` loads the hidden layers of a
     multi-layer head (see :data:`CARRY_HEAD`).
 
@@ -300,6 +331,7 @@ def load_init(
     from fundusfm.models import formats  # formats builds on this module
 
     pre, raw = KeyReport(source=source), state
+    state = apply_key_map(state, key_map or {}, pre)
     ck = formats.checkpoint_from(state, path, unpickled=converted is not None)
     state = formats.convert(ck, model, pre, checkpoint_format)
     keep, report = match_state_dict(model, state, source, carry_head=carry_head)

@@ -34,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow unpickling a whole pickled model (the paper's release); runs code from the file")
     p.add_argument("--allow-partial", action="store_true", help="accept a checkpoint that matches partly beyond the head")
+    p.add_argument("--checkpoint-format", default="auto",
+                   help="key layout of a checkpoint: init (docs/checkpoint-formats.md) [auto: detected from the keys]")
+    p.add_argument("--key-map-json", type=_json_arg, default={},
+                   help="checkpoint key prefix -> new prefix ('' strips, null drops), applied before the format")
     p.add_argument("--hparams-json", type=_json_arg, default={}, help="hyper-parameters (JSON or .json file)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--external", nargs="*", default=[], help="external datasets to predict")
@@ -82,6 +86,7 @@ def train_main(argv: list[str] | None = None) -> int:
     spec = RunSpec(table=args.table, fold=args.fold, fraction=args.fraction, seed=args.seed, task=task,
                    init=args.init, hparams=hparams, out=args.out, init_name=args.init_name,
                    trust_pickle=args.trust_pickle, allow_partial=args.allow_partial,
+                   checkpoint_format=args.checkpoint_format, key_map=dict(args.key_map_json),
                    external=list(args.external), device=args.device, workers=args.workers)
     from safetensors import SafetensorError
 

@@ -32,6 +32,9 @@ DEFAULT_HPARAMS: dict = {
     "layer_decay": None,  # e.g. 0.75 for layer-wise lr decay (timm param groups)
     "label_smoothing": 0.0,
     "drop_rate": 0.0,
+    "drop_path_rate": 0.0,  # stochastic depth (ViT fine-tuning recipes use 0.1-0.2)
+    "mean": None,  # input normalisation: 3 numbers or imagenet | inception | clip | none (None: the arch's timm default)
+    "std": None,
     "mode": "full",  # 'full' | 'linear_probe'
     "carry_head": "none",  # 'none' | 'hidden': hidden head layers of a checkpoint (the final layer is always fresh)
     "val_labels": "fraction",  # 'fraction': label fractions shrink validation too | 'full': keep it whole

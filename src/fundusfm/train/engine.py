@@ -34,7 +34,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from fundusfm.fileio import atomic_write, atomic_write_many
-from fundusfm.models import create, default_mean_std, load_init
+from fundusfm.models import load_init
+from fundusfm.models.factory import build, input_norm
 from fundusfm.models.factory import classifier_name
 from fundusfm.models.io import resolve_device
 from fundusfm.task import TaskSpec, predictions_frame
@@ -78,6 +79,8 @@ class RunSpec:
     init_name: str | None = None
     trust_pickle: bool = False
     allow_partial: bool = False
+    checkpoint_format: str = "auto"
+    key_map: dict = field(default_factory=dict)
     external: list[str] = field(default_factory=list)
     device: str = "auto"
     workers: int | None = None
@@ -217,18 +220,18 @@ class Trainer:
         log.info("rows: %s", {k: len(v) for k, v in self.sets.items()})
 
         torch.manual_seed(mix_seed(spec.seed, 0xC0FFEE))
-        self.model = create(hp["arch"], self.task.num_outputs, hp["head"], "random",
-                            img_size=hp["img_size"], drop_rate=hp["drop_rate"])
+        self.model = build(hp, self.task.num_outputs)
         self.state = self._load_resume()
         if self.state is None:
             self.init_report = load_init(self.model, spec.init, trust_pickle=spec.trust_pickle,
                                          allow_partial=spec.allow_partial,
                                          imagenet_weights=hp["imagenet_weights"],
+                                         checkpoint_format=spec.checkpoint_format, key_map=spec.key_map,
                                          carry_head=hp["carry_head"]).to_dict()
         else:
             self.model.load_state_dict(self.state["model"])
             self.init_report = self.state["init_report"]
-        mean, std = default_mean_std(self.model)
+        mean, std = input_norm(self.model, hp["mean"], hp["std"])
         self.mean_std = (mean, std)
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
