@@ -20,7 +20,7 @@ from fundusfm.tracking import store as tstore
 def make_tree(results: Path, n_runs: int, epochs: int) -> list[Path]:
     dirs = []
     for i in range(n_runs):
-        key = f"finetune/task/init{i % 4}/fold{i % 5}/frac1/seed{i}"
+        key = f"finetune/task/init{i % 4}/finetune/fold{i % 5}/frac1/seed{i}"
         out = results / key
         out.mkdir(parents=True)
         rows = ["epoch,train_loss,val_loss,val_auroc,lr,time"]

@@ -20,8 +20,11 @@ fcfg.put_cli_on_path(sys.executable)
 GPUS_PER_JOB = int(config.get("gpus_per_job", 1 if fcfg.local_gpu_count() else 0))
 
 R = config["results_dir"]
-# One fine-tuning job's folder below {R}/finetune and {R}/metrics, as wildcards (fundusfm.layout).
+# One downstream job's folder below {R}/finetune and {R}/metrics, as wildcards
+# (fundusfm.layout); the rule making each adaptation's runs fixes that part of it.
 RUN = layout.RUN
+RUN_FINETUNE = layout.run_pattern("finetune")
+RUN_LINEAR = layout.run_pattern("linear")
 DATASETS = sorted(config["datasets"])
 TASKS = sorted(config["tasks"])
 RUNS = fcfg.runs(config)
@@ -65,6 +68,8 @@ wildcard_constraints:
     task=_alt(TASKS + ["pretrain"]),
     init=_alt(ALL_INITS),
     source=_alt(["random", "imagenet"]),
+    adaptation=_alt(layout.ADAPTATIONS),
+    part=r"dev|external_[A-Za-z0-9_.-]+",
     fold=r"\d+",
     fraction=_alt(sorted({r.fraction for r in RUNS})),
     seed=r"\d+",
@@ -144,14 +149,40 @@ def split_args(wildcards, input):
     return " ".join(shlex.quote(a) for a in args)
 
 
+def _missing_checkpoints():
+    """Named inits whose checkpoint file is absent, as warning lines (once per dry run)."""
+    return [
+        f"  inits.{name}: {entry['checkpoint']} not found"
+        + (f" (published: {entry['published']})" if entry.get("published") else "")
+        for name, entry in sorted(config["inits"].items())
+        if name in ALL_INITS and not os.path.isfile(entry["checkpoint"])
+    ]
+
+
+# a dry run (-n): known while the rules are read from the output settings (workflow.dryrun
+# is set only later, with the executor)
+DRY_RUN = bool(getattr(getattr(workflow, "output_settings", None), "dryrun", False))
+
+if DRY_RUN and _missing_checkpoints():
+    # a dry run plans the study before the weights are fetched and lists what to fetch;
+    # a real run refuses to start without them (MissingInputException)
+    print(
+        "fundusfm: planned without these init checkpoints; put them in place before running:\n"
+        + "\n".join(_missing_checkpoints()),
+        file=sys.stderr,
+    )
+
+
 def init_checkpoint(wildcards):
-    """The weights a fine-tune starts from: our own pretraining (it must finish first) or
-    a checkpoint named under `inits:` (a missing file fails the dry run)."""
+    """The weights a downstream job starts from: our own pretraining (it must finish first)
+    or a checkpoint named under `inits:` (a missing file stops a real run before any job;
+    a dry run plans without it and lists it)."""
     if wildcards.init in fcfg.PRETRAINED_INITS:
         source = fcfg.PRETRAINED_INITS[wildcards.init]
         return [f"{layout.pretrain_dir(R, source)}/model.safetensors"]
     if wildcards.init in config["inits"]:
-        return [config["inits"][wildcards.init]["checkpoint"]]
+        path = config["inits"][wildcards.init]["checkpoint"]
+        return [] if DRY_RUN and not os.path.isfile(path) else [path]
     return []
 
 
@@ -162,7 +193,7 @@ def init_checkpoint_sha256(wildcards):
     from fundusfm.hashing import sha256_file_memo
 
     path = init_checkpoint(wildcards)
-    if wildcards.init not in config["inits"] or not os.path.isfile(path[0]):
+    if wildcards.init not in config["inits"] or not path or not os.path.isfile(path[0]):
         return ""
     return sha256_file_memo(path[0])
 
@@ -176,6 +207,44 @@ def init_cli(wildcards):
     return " ".join(shlex.quote(a) for a in fcfg.init_args(config, wildcards.init, R))
 
 
+def run_hparams(wildcards):
+    """Hyper-parameters of a task's runs of one init (train < task < the init's recipe and
+    model definition)."""
+    return q(fcfg.hparams(config, wildcards.task, wildcards.init))
+
+
+def model_hparams(wildcards):
+    """Only what an init's model is (architecture, head, input size, normalisation, the
+    ImageNet weights file): feature extraction and model facts depend on nothing else, so
+    a recipe edit (lr, epochs) never re-extracts features."""
+    hp = fcfg.hparams(config, wildcards.task, wildcards.init)
+    keys = fcfg.MODEL_KEYS + ("imagenet_weights",)
+    return q({k: hp[k] for k in keys if k in hp})
+
+
+def embed_table(wildcards):
+    """The split table whose images a feature file covers: the task's development table
+    (part `dev`) or one external table (part `external_<dataset>`)."""
+    if wildcards.part == "dev":
+        return f"{R}/splits/{wildcards.task}.csv"
+    return f"{R}/splits/{wildcards.task}/{wildcards.part}.csv"
+
+
+def linear_probe_cli(wildcards):
+    lp = config["linear_probe"]
+    args = ["--c-values", ",".join(f"{c:g}" for c in lp["c_values"])]
+    args += ["--max-iter", str(lp["max_iter"])]
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def task_model_facts(wildcards):
+    """Model facts (parameters, input size, throughput) of each init of a task."""
+    return [
+        layout.model_facts_json(R, wildcards.task, i)
+        for i in config["tasks"][wildcards.task]["inits"]
+    ]
+
+
 def task_metrics(wildcards):
     t = config["tasks"][wildcards.task]
     return [
@@ -186,8 +255,10 @@ def task_metrics(wildcards):
 
 
 def task_test_metrics(wildcards):
+    """Test metrics of a task's fine-tunes (the activation maps need a trained network)."""
     return [
-        layout.metrics_json(R, r, "test") for r in fcfg.runs(config, wildcards.task)
+        layout.metrics_json(R, r, "test")
+        for r in fcfg.runs(config, wildcards.task, adaptation="finetune")
     ]
 
 
@@ -214,10 +285,10 @@ def report_front_page():
 
 
 def task_val_predictions(wildcards):
-    """Validation predictions of every run of a task (the gallery model is chosen on them)."""
+    """Validation predictions of a task's fine-tunes (the gallery model is chosen on them)."""
     return [
         f"{layout.finetune_dir(R, r)}/predictions_val.csv"
-        for r in fcfg.runs(config, wildcards.task)
+        for r in fcfg.runs(config, wildcards.task, adaptation="finetune")
     ]
 
 
@@ -226,7 +297,12 @@ def all_targets():
     targets += [f"{R}/figures/{t}" for t in TASKS]
     targets += [f"{R}/preprocessed/{d}/gallery.png" for d in DATASETS]
     if config["report"]["cam"]:
-        targets += [f"{R}/cam/{t}" for t in TASKS]
+        # activation maps of a trained network: tasks with fine-tunes
+        targets += [
+            f"{R}/cam/{t}"
+            for t in TASKS
+            if "finetune" in config["tasks"][t]["adaptations"]
+        ]
     return targets
 
 

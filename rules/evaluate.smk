@@ -20,6 +20,7 @@ rule evaluate:
             dict(
                 task=wc.task,
                 init=wc.init,
+                adaptation=wc.adaptation,
                 fold=int(wc.fold),
                 fraction=float(wc.fraction),
                 seed=int(wc.seed),
@@ -35,11 +36,13 @@ rule evaluate:
 
 
 rule table:
-    """The study table of a task: init × fraction over folds and seeds, its protocol card first."""
+    """The study table of a task: init × adaptation × fraction over folds and seeds, its
+    models (parameters, input size, throughput) and its protocol card first."""
     input:
         metrics=task_metrics,
         splits=task_split_tables,
         overlap=f"{R}/overlap/overlap.csv",
+        facts=task_model_facts,
     output:
         csv=f"{R}/tables/{{task}}.csv",
         protocol=f"{R}/tables/{{task}}_protocol.json",
@@ -66,6 +69,7 @@ rule table:
         "fundusfm table --task {wildcards.task} --task-json {params.task} --metrics {input.metrics} "
         "--compare-to {params.ref} --n-boot {params.n_boot} --seed {params.seed} "
         "--protocol-json {params.protocol} --split-tables {input.splits} --overlap {input.overlap} "
+        "--model-facts {input.facts} "
         "--out-prefix {params.prefix} > {log} 2>&1"
 
 

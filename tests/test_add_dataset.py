@@ -143,13 +143,13 @@ def test_new_dataset_both_ways_runs_through_finetuning_and_evaluation(tmp_path):
         assert set(table["init"]) == {"random", "fundus"}, table
         md = (wd / "results" / "tables" / f"{task}.md").read_text()
         assert "random" in md and "fundus" in md
-        m = json.loads((wd / "results" / "metrics" / task / "fundus" / "fold0" / "frac1" / "seed0" / "test.json").read_text())
+        m = json.loads((wd / "results" / "metrics" / task / "fundus" / "finetune" / "fold0" / "frac1" / "seed0" / "test.json").read_text())
         assert m["task"] == task and m["n_images"] > 0 and "auroc" in m["metrics"]
     # pretraining ran once, on the upstream set only, and both fundus runs started from it
     split = pd.read_csv(wd / "results" / "splits" / "pretrain.csv")
     assert set(split["dataset"]) == {"up"}
     for task in ("glaucoma_a", "glaucoma_b"):
-        meta = json.loads((wd / "results" / "finetune" / task / "fundus" / "fold0" / "frac1" / "seed0" / "model.json").read_text())
+        meta = json.loads((wd / "results" / "finetune" / task / "fundus" / "finetune" / "fold0" / "frac1" / "seed0" / "model.json").read_text())
         assert "pretrain/random/model.safetensors" in json.dumps(meta)
 
 

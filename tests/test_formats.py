@@ -22,26 +22,9 @@ from safetensors.torch import save_file
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
+from checkpoint_layouts import TINY_VIT, mae_checkpoint, randomise as _randomise
 from fundusfm.models import InitError, KeyReport, create, load_init
 from fundusfm.models import formats
-
-TINY_VIT = dict(embed_dim=32, depth=2, num_heads=2)
-
-
-def _randomise(model: nn.Module, seed: int) -> nn.Module:
-    """Random values where timm's init is constant (norm affines, BN statistics, tokens,
-    layer scales), so a key loaded into the wrong place changes the outputs."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in model.state_dict().items():
-            if not t.is_floating_point():
-                continue
-            if name.endswith("running_var"):
-                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
-            elif t.ndim <= 1 or name.split(".")[-1] in ("cls_token", "reg_token", "pos_embed"):
-                t.copy_(torch.randn(t.shape, generator=g) * 0.1 + (1.0 if name.endswith(".weight") else 0.0))
-    return model.eval()
-
 
 @torch.no_grad()
 def _features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -62,35 +45,7 @@ def _image(size: int, seed: int = 0) -> torch.Tensor:
 # ----------------------------------------------------------------------------- RETFound MAE
 
 def _mae_checkpoint(tmp_path, img_size=64, seed=1):
-    """An MAE pretraining checkpoint as RETFound publishes it (RETFound_cfp_weights.pth).
-
-    Keys: facebookresearch/mae models_mae.py MaskedAutoencoderViT (the encoder in timm's
-    VisionTransformer names, then decoder_embed, mask_token (1, 1, D_dec), decoder_pos_embed,
-    decoder_blocks.N (timm Blocks), decoder_norm, decoder_pred); file: mae util/misc.py
-    save_model's {"model", "optimizer", "epoch", "scaler", "args"} (args an argparse.Namespace).
-    """
-    enc = _randomise(timm.create_model("vit_large_patch16_224", img_size=img_size, num_classes=0, **TINY_VIT), seed)
-    state = dict(enc.state_dict())
-    dim, dec, n_tokens, patch = enc.embed_dim, 16, enc.pos_embed.shape[1], 16
-    g = torch.Generator().manual_seed(seed + 100)
-    state["decoder_embed.weight"] = torch.randn(dec, dim, generator=g)
-    state["decoder_embed.bias"] = torch.randn(dec, generator=g)
-    state["mask_token"] = torch.randn(1, 1, dec, generator=g)
-    state["decoder_pos_embed"] = torch.randn(1, n_tokens, dec, generator=g)
-    for k, v in timm.models.vision_transformer.Block(dec, 2).state_dict().items():
-        state[f"decoder_blocks.0.{k}"] = torch.randn(v.shape, generator=g)
-    state["decoder_norm.weight"], state["decoder_norm.bias"] = torch.ones(dec), torch.zeros(dec)
-    state["decoder_pred.weight"] = torch.randn(patch * patch * 3, dec, generator=g)
-    state["decoder_pred.bias"] = torch.zeros(patch * patch * 3)
-    path = tmp_path / "RETFound_cfp_weights.pth"
-    torch.save({
-        "model": state,
-        "optimizer": {"state": {}, "param_groups": [{"lr": 1.5e-4, "weight_decay": 0.05, "params": [0, 1]}]},
-        "epoch": 799,
-        "scaler": {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000},
-        "args": argparse.Namespace(model="mae_vit_large_patch16", input_size=224, mask_ratio=0.75, norm_pix_loss=True),
-    }, path)
-    return enc, path
+    return mae_checkpoint(tmp_path / "RETFound_cfp_weights.pth", "vit_large_patch16_224", img_size, seed, **TINY_VIT)
 
 
 def test_retfound_mae_global_pool_model_loads_as_retfound_finetunes_it(tmp_path):

@@ -84,7 +84,7 @@ def test_conversion_without_a_recorded_source_is_redone(tmp_path):
 
 # ----------------------------------------------------------------------------- through Snakemake
 
-FRACTION_PATH = "fold0/frac1/seed0"
+FRACTION_PATH = "finetune/fold0/frac1/seed0"
 
 
 def _config(checkpoint: str) -> dict:
@@ -109,11 +109,17 @@ def _planned_finetunes(output: str) -> set[str]:
     return set(re.findall(r"output: results/finetune/grade/(\w+)/" + FRACTION_PATH + "/model.safetensors", output))
 
 
-def test_missing_init_checkpoint_fails_the_dry_run(tmp_path):
+def test_missing_init_checkpoint_stops_a_run_before_any_job_and_a_dry_run_lists_it(tmp_path):
     wd = copy_workflow(tmp_path / "wf", _config("weights/absent.safetensors"))
-    p = run_snakemake(wd, "-n", check=False, timeout=300)
+    p = run_snakemake(wd, "--cores", "1", check=False, timeout=300)
     out = p.stdout + p.stderr
     assert p.returncode != 0 and "MissingInputException" in out and "weights/absent.safetensors" in out, out[-3000:]
+    assert not (wd / "results").exists() and not (wd / "data").exists()  # nothing ran
+    # a dry run plans the study before the weights are fetched, and names what to fetch
+    p = run_snakemake(wd, "-n", check=False, timeout=300)
+    out = p.stdout + p.stderr
+    assert p.returncode == 0 and "planned without these init checkpoints" in out, out[-3000:]
+    assert "inits.mine: weights/absent.safetensors not found" in out, out[-3000:]
 
 
 @pytest.mark.slow

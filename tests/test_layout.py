@@ -57,7 +57,7 @@ def test_find_run_dirs_lists_finished_jobs_only(tmp_path):
 
 def test_the_rules_use_the_layouts_run_pattern():
     rules = "".join((REPO / "rules" / f).read_text() for f in ("train.smk", "evaluate.smk"))
-    assert "fold{{fold}}" not in rules and rules.count("{RUN}") >= 8
+    assert "fold{{fold}}" not in rules and rules.count("{RUN") >= 8
     assert "RUN = layout.RUN" in (REPO / "rules" / "common.smk").read_text()
 
 

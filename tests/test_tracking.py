@@ -27,12 +27,12 @@ CONFIG = {
     "pretrain": {"datasets": ["up"]},
     "tasks": {
         "multi": {"type": "multilabel", "labels": ["dr", "glaucoma"], "datasets": ["down"], "external": ["ext"],
-                  "inits": ["random", "fundus"], "fractions": [0.5, 1.0], "seeds": [0], "run_folds": [0],
+                  "inits": ["random", "fundus"], "adaptations": ["finetune"], "fractions": [0.5, 1.0], "seeds": [0], "run_folds": [0],
                   "split": {"strategy": "kfold", "folds": 3}},
     },
     "mlflow": {"enabled": True},
 }
-RUN_KEYS = ["pretrain/random", "finetune/multi/random/fold0/frac1/seed0", "finetune/multi/fundus/fold0/frac0.5/seed0"]
+RUN_KEYS = ["pretrain/random", "finetune/multi/random/finetune/fold0/frac1/seed0", "finetune/multi/fundus/finetune/fold0/frac0.5/seed0"]
 
 
 # ---------------------------------------------------------------------------- fixtures
@@ -151,7 +151,7 @@ def test_sync_logs_one_run_per_job_with_params_tags_metrics_from_files(results, 
     assert summary["ok"] and summary["counts"]["created"] == len(RUN_KEYS)
     assert json.loads((results / "mlflow" / "sync.json").read_text())["counts"] == summary["counts"]
     # the config also asks for frac0.5/random and frac1/fundus, which have no outputs here
-    assert summary["missing_outputs"] == ["finetune/multi/fundus/fold0/frac1/seed0", "finetune/multi/random/fold0/frac0.5/seed0"]
+    assert summary["missing_outputs"] == ["finetune/multi/fundus/finetune/fold0/frac1/seed0", "finetune/multi/random/finetune/fold0/frac0.5/seed0"]
 
     client = MlflowClient(store)
     runs = child_runs(client)
@@ -224,7 +224,7 @@ def test_sync_twice_changes_nothing_and_an_edited_metric_updates_in_place(result
 
 def test_log_run_dir_right_after_training_then_sync_completes_the_same_run(tmp_path, store):
     results = tmp_path / "results"
-    key = "finetune/multi/random/fold0/frac1/seed0"
+    key = "finetune/multi/random/finetune/fold0/frac1/seed0"
     run_dir = make_run(results, key, metrics=False)
     run_id = tstore.log_run_dir(run_dir, None, store, STUDY)
     assert run_id

@@ -52,9 +52,9 @@ def test_study_produces_tables_figures_and_cams_for_every_task(tiny_study):
         qc = pd.read_csv(results / "preprocessed" / ds / "qc.csv")
         assert len(qc) == len(labels)
     # the metrics of each run were computed from its own predictions
-    m = json.loads((results / "metrics" / "multi" / "fundus" / "fold0" / "frac1" / "seed0" / "test.json").read_text())
+    m = json.loads((results / "metrics" / "multi" / "fundus" / "finetune" / "fold0" / "frac1" / "seed0" / "test.json").read_text())
     assert m["task"] == "multi" and m["init"] == "fundus" and "auroc_micro" in m["metrics"]
-    assert (results / "finetune" / "multi" / "fundus" / "fold0" / "frac1" / "seed0" / "predictions_external_ext.csv").is_file()
+    assert (results / "finetune" / "multi" / "fundus" / "finetune" / "fold0" / "frac1" / "seed0" / "predictions_external_ext.csv").is_file()
 
 
 def test_rerun_plans_nothing_and_a_task_edit_reruns_only_that_task(tiny_study, tmp_path):
@@ -100,7 +100,7 @@ def test_a_new_dataset_checked_for_overlaps_first_retrains_nothing(tiny_study, t
     assert "pretrain" in job_stats(run_snakemake(wd, "-n", "--cores", "2").stdout)
     run_snakemake(wd, "--cores", "2", "--until", "overlap")
     jobs = job_stats(run_snakemake(wd, "-n", "--cores", "2").stdout)
-    n_multi_runs = sum(1 for _ in (wd / "results" / "finetune" / "multi").glob("*/fold*/frac*/seed*"))
+    n_multi_runs = sum(1 for _ in (wd / "results" / "finetune" / "multi").glob("*/*/fold*/frac*/seed*"))
     assert jobs.get("predict_external") == n_multi_runs and jobs.get("split_external") == 1, jobs
     assert not {"pretrain", "finetune", "split", "overlap"} & set(jobs), jobs
     assert model.stat().st_mtime_ns == before

@@ -356,7 +356,10 @@ def model_definition(config: dict, task: str, init: str) -> dict:
 def recipe_overrides(config: dict, task: str, init: str) -> dict:
     """What an init's runs of a task train with beyond the task's own hyper-parameters
     (its recipe and model definition): the protocol card lists it, per init."""
-    base, own = hparams(config, task), hparams(config, task, init)
+    from fundusfm.train.config import DEFAULT_HPARAMS
+
+    base = {**DEFAULT_HPARAMS, **hparams(config, task)}
+    own = {**DEFAULT_HPARAMS, **hparams(config, task, init)}
     return {k: v for k, v in own.items() if base.get(k) != v}
 
 

@@ -50,8 +50,8 @@ STUDY_TASKS = {
     }
 }
 GPU_RULES = {"pretrain", "finetune"}
-RUN_DIR = "results/finetune/multi/fundus/fold0/frac1/seed0"
-FT_LOG = "results/logs/finetune/multi/fundus/fold0/frac1/seed0.log"
+RUN_DIR = "results/finetune/multi/fundus/finetune/fold0/frac1/seed0"
+FT_LOG = "results/logs/finetune/multi/fundus/finetune/fold0/frac1/seed0.log"
 SLURM_LOGS = "results/logs/slurm"  # the profile's default slurm-logdir
 
 

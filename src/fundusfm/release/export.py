@@ -124,7 +124,8 @@ def _num(x):
 
 def study_tables(paths) -> dict:
     """Headline rows of study tables (``results/tables/<task>.csv``), per task:
-    ``{task: [{set, init, fraction, n_runs, metric, mean, sd, ci_lo, ci_hi}, ...]}``."""
+    ``{task: [{set, init, adaptation, fraction, n_runs, metric, mean, sd, ci_lo, ci_hi}, ...]}``
+    (``adaptation`` is ``finetune`` for tables written before the grid had one)."""
     out: dict[str, list[dict]] = {}
     for p in map(Path, paths):
         df = pd.read_csv(p)
@@ -143,7 +144,8 @@ def study_tables(paths) -> dict:
                 lo, hi = _num(r.get(f"{metric}__ci_lo")), _num(r.get(f"{metric}__ci_hi"))
             if lo is None:
                 lo, hi = _num(r.get(f"{metric}__boot_lo")), _num(r.get(f"{metric}__boot_hi"))
-            rows.append({"set": r["set"], "init": r["init"], "fraction": _num(r["fraction"]),
+            adaptation = r.get("adaptation") if isinstance(r.get("adaptation"), str) else "finetune"
+            rows.append({"set": r["set"], "init": r["init"], "adaptation": adaptation, "fraction": _num(r["fraction"]),
                          "n_runs": int(r["n_runs"]) if _num(r.get("n_runs")) is not None else None,
                          "metric": metric, "mean": _num(r.get(f"{metric}__mean")),
                          "sd": _num(r.get(f"{metric}__sd")), "ci_lo": lo, "ci_hi": hi})

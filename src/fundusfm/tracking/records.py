@@ -245,7 +245,7 @@ def read_run_dir(
         artifacts.append((run_dir / MODEL_FILE, None))
 
     tags = {KEY_TAG: key, "fundusfm.kind": ident["kind"]}
-    for k in ("task", "init", "fold", "fraction", "seed"):
+    for k in ("task", "init", "adaptation", "fold", "fraction", "seed"):
         if k in ident:
             tags[k] = str(ident[k])
     if study:

@@ -36,7 +36,9 @@ def release_metrics(cfg: dict) -> dict[str, float]:
     for task, rows in cfg["fundusfm"]["metrics"].get("study", {}).items():
         for r in rows:
             if r["mean"] is not None:
-                name = f"study.{task}.{r['set']}.{r['init']}.frac{r['fraction']:g}.{r['metric']}"
+                # a linear probe's arm is named so; fine-tunes keep the names they always had
+                arm = r["init"] if r.get("adaptation", "finetune") == "finetune" else f"{r['init']}.{r['adaptation']}"
+                name = f"study.{task}.{r['set']}.{arm}.frac{r['fraction']:g}.{r['metric']}"
                 out[metric_name(name)] = float(r["mean"])
     return out
 
