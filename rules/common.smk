@@ -222,6 +222,15 @@ def model_hparams(wildcards):
     return q({k: hp[k] for k in keys if k in hp})
 
 
+def probe_hparams(wildcards):
+    """What a linear probe reads of the hyper-parameters: the rows of its fold and fraction
+    (val_labels, val_min_patients) and the validation metric choosing C. A fine-tuning
+    recipe edit (lr, epochs) never refits the probes."""
+    hp = fcfg.hparams(config, wildcards.task, wildcards.init)
+    keys = ("monitor", "val_labels", "val_min_patients")
+    return q({k: hp[k] for k in keys if k in hp})
+
+
 def embed_table(wildcards):
     """The split table whose images a feature file covers: the task's development table
     (part `dev`) or one external table (part `external_<dataset>`)."""

@@ -160,7 +160,7 @@ rule linear_probe:
     threads: 1
     params:
         task=task_json,
-        hparams=run_hparams,
+        hparams=probe_hparams,
         probe=linear_probe_cli,
         out=f"{R}/finetune/{RUN_LINEAR}",
     shell:
