@@ -143,3 +143,36 @@ def test_cam_cli_on_saved_model(model, tmp_path):
     pd.DataFrame(rows).assign(fold0="train").to_csv(tmp_path / "table.csv", index=False)
     with pytest.raises(ValueError, match="not test/external"):
         cam_main(args)
+
+
+def test_cam_refuses_a_linear_probe(tmp_path, caplog):
+    """A linear probe is a logistic regression on frozen features: no network of its own to
+    take activation maps from; both ways of naming one are refused with a message."""
+    import logging
+
+    from fundusfm import layout
+    from fundusfm.evaluate.cam import run_cam
+    from fundusfm.evaluate.cli import cam_main
+
+    run = layout.Run("amd", "big", 0, "1", 0, "linear")
+    out = tmp_path / layout.finetune_dir("results", run)
+    out.mkdir(parents=True)
+    preds_frame(n=6).to_csv(out / "predictions_test.csv", index=False)
+    preds_frame(n=6, seed=1).to_csv(out / "predictions_val.csv", index=False)
+    pd.DataFrame({"dataset": ["d"], "image_id": ["im00"], "image": ["x.png"], "fold0": ["test"]}).to_csv(
+        tmp_path / "table.csv", index=False)
+    common = ["--table", str(tmp_path / "table.csv"), "--out-dir", str(tmp_path / "cams")]
+    with caplog.at_level(logging.ERROR):
+        assert cam_main(["--model-dir", str(out), "--fold", "0", "--predictions", str(out / "predictions_test.csv"),
+                         *common]) == 1
+    assert any("linear run has no network weights of its own" in m for m in caplog.messages)
+    with pytest.raises(ValueError, match="activation maps need a fine-tuned model"):
+        run_cam(out, tmp_path / "table.csv", 0, out / "predictions_test.csv", tmp_path / "cams")
+    metrics = tmp_path / "test.json"
+    metrics.write_text(json.dumps({"task": "amd", "init": "big", "adaptation": "linear", "fold": 0, "fraction": 1.0,
+                                   "seed": 0, "set": "test", "metrics": {"auroc": 0.9},
+                                   "predictions": str(out / "predictions_test.csv")}))
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        assert cam_main(["--best-of", str(metrics), "--task-json", json.dumps(BINARY), *common]) == 1
+    assert any("no fine-tune among the 1 run(s)" in m for m in caplog.messages)

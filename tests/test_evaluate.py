@@ -116,11 +116,17 @@ def test_duplicate_runs_rejected():
            "metrics": {"auroc": 0.5}}
     with pytest.raises(ValueError, match="same run"):
         aggregate_records([dict(rec, _path="a.json"), dict(rec, _path="b.json")])
+    # the same init's linear probe is another run, and another row
+    long = aggregate_records([dict(rec, _path="a.json"), dict(rec, adaptation="linear", _path="b.json")])
+    assert list(long["adaptation"]) == ["finetune", "linear"] and (long["n"] == 1).all()
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    """A tiny study: 3 inits x 2 fractions x 2 folds x 1 seed, internal test + one external set."""
+    """A tiny study: 3 inits x 2 fractions x 2 folds x 1 seed (fine-tunes), internal test +
+    one external set, in the results layout (finetune/<task>/<init>/<adaptation>/fold<k>/...)."""
+    from fundusfm import layout
+
     root = tmp_path_factory.mktemp("study")
     task_json = root / "task.json"
     task_json.write_text(json.dumps(TASK))
@@ -128,7 +134,8 @@ def study(tmp_path_factory):
     for init, sig in SIGNAL.items():
         for frac in (0.1, 1.0):
             for fold in (0, 1):
-                out = root / "finetune" / init / f"fold{fold}" / f"frac{frac}" / "seed0"
+                run = layout.Run("glaucoma", init, fold, layout.fmt_fraction(frac), 0)
+                out = root / layout.finetune_dir("results", run)
                 out.mkdir(parents=True)
                 s = sig * (0.6 if frac == 0.1 else 1.0)
                 noise = hash((init, frac, fold)) % 1000
@@ -140,8 +147,9 @@ def study(tmp_path_factory):
                               "val_auroc": [0.6, 0.7, 0.75], "lr": [1e-3] * 3, "time": [1.0] * 3}
                              ).to_csv(out / "history.csv", index=False)
                 for set_name, fname in (("test", "predictions_test.csv"), ("external_ext", "predictions_external_ext.csv")):
-                    meta = dict(task="glaucoma", init=init, fold=fold, fraction=frac, seed=0, set=set_name)
-                    mpath = root / "metrics" / init / f"fold{fold}" / f"frac{frac}" / f"{set_name}.json"
+                    meta = dict(task="glaucoma", init=init, adaptation="finetune", fold=fold, fraction=frac, seed=0,
+                                set=set_name)
+                    mpath = root / layout.metrics_json("results", run, set_name)
                     rc = evaluate_main(["--predictions", str(out / fname), "--val-predictions",
                                         str(out / "predictions_val.csv"), "--task-json", str(task_json),
                                         "--meta", json.dumps(meta), "--out", str(mpath), "--n-boot", "20"])
@@ -153,8 +161,8 @@ def study(tmp_path_factory):
 def test_evaluate_writes_contract_json(study):
     root, _, metrics = study
     rec = json.loads(metrics[0].read_text())
-    for k in ("task", "init", "fold", "fraction", "seed", "set", "n_images", "n_patients", "metrics", "ci",
-              "undefined", "predictions"):
+    for k in ("task", "init", "adaptation", "fold", "fraction", "seed", "set", "n_images", "n_patients", "metrics",
+              "ci", "undefined", "predictions"):
         assert k in rec
     assert rec["n_images"] == 2 * rec["n_patients"]
     assert rec["ci"]["auroc"][0] <= rec["metrics"]["auroc"] <= rec["ci"]["auroc"][1]
@@ -168,7 +176,7 @@ def test_evaluate_without_val_reports_threshold_metrics_as_undefined(study, tmp_
     root, task_json, metrics = study
     rec = json.loads(metrics[0].read_text())
     out = tmp_path / "m.json"
-    meta = {k: rec[k] for k in ("task", "init", "fold", "fraction", "seed", "set")}
+    meta = {k: rec[k] for k in ("task", "init", "adaptation", "fold", "fraction", "seed", "set")}
     evaluate_main(["--predictions", rec["predictions"], "--task-json", str(task_json), "--meta", json.dumps(meta),
                    "--out", str(out), "--n-boot", "10"])
     new = json.loads(out.read_text())
@@ -191,7 +199,8 @@ def test_table_files_parse_back_to_metric_json_numbers(study, tmp_path):
         return np.mean(v), min(v), max(v)
 
     csv = pd.read_csv(prefix.with_suffix(".csv"))
-    assert len(csv) == 2 * 3 * 2  # sets x inits x fractions
+    assert len(csv) == 2 * 3 * 2  # sets x inits x fractions (one adaptation)
+    assert set(csv["adaptation"]) == {"finetune"} and "auroc__diff_vs_finetune" not in csv.columns
     for _, r in csv.iterrows():
         e = expected(r["set"], r["init"], r["fraction"])
         assert [r["auroc__mean"], r["auroc__range_lo"], r["auroc__range_hi"]] == pytest.approx(e)
@@ -213,8 +222,9 @@ def test_table_files_parse_back_to_metric_json_numbers(study, tmp_path):
             section = "test" if "Internal" in line else "external_ext"
         if line.startswith("| ") and not line.startswith("| Init"):
             cells = [c.strip() for c in line.strip("|").split("|")]
-            init, frac = cells[0], float(cells[1].rstrip("%")) / 100
-            got = [float(x) for x in CELL.match(cells[3]).groups()]
+            init, adaptation, frac = cells[0], cells[1], float(cells[2].rstrip("%")) / 100
+            assert adaptation == "fine-tune"
+            got = [float(x) for x in CELL.match(cells[4]).groups()]
             assert got == pytest.approx(expected(section, init, frac), abs=6e-4)
             n_checked += 1
     assert n_checked == 12
@@ -227,6 +237,9 @@ def test_table_files_parse_back_to_metric_json_numbers(study, tmp_path):
     assert r"\begin{tabular}" in tex and "External set: ext" in tex
     comp = pd.read_csv(prefix.with_name("glaucoma_comparisons.csv"))
     assert comp["delong_p"].notna().all() and set(comp["init"]) == {"imagenet", "fundus"}
+    models = pd.read_csv(prefix.with_name("glaucoma_models.csv"))  # written even without model facts
+    assert list(models["init"]) == ["random", "imagenet", "fundus"] and models["arch"].isna().all()
+    assert "## Models" not in md  # nothing known about the models: no section
 
 
 def test_table_single_run_uses_bootstrap_ci(study, tmp_path):

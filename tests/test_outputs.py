@@ -173,15 +173,25 @@ def test_summary_verb_logs_through_the_dispatcher(tmp_path):
     """``fundusfm summary`` had no logging set up: its closing line never showed."""
     tables = tmp_path / "tables"
     tables.mkdir()
+    # a table from before issue 18 (no adaptation column: fine-tunes), and one with both
+    # adaptations beside its companions, which are no study tables
     pd.DataFrame({"set": ["test"], "init": ["random"], "fraction": [1.0], "auroc__mean": [0.7]}).to_csv(
         tables / "t.csv", index=False)
+    pd.DataFrame({"set": ["test", "test"], "init": ["big", "big"], "adaptation": ["finetune", "linear"],
+                  "fraction": [0.1, 0.1], "auroc__mean": [0.8, 0.75]}).to_csv(tables / "u.csv", index=False)
+    pd.DataFrame({"init": ["big"], "arch": ["resnet10t"], "params": [4.9e6]}).to_csv(tables / "u_models.csv",
+                                                                                   index=False)
     env = dict(os.environ, PYTHONPATH=str(SRC))
     res = subprocess.run([sys.executable, "-m", "fundusfm.cli", "summary", "--tables", str(tables), "--out-json",
                           str(tmp_path / "m.json"), "--out-csv", str(tmp_path / "m.csv")],
                          capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 0, res.stderr
-    assert "INFO fundusfm.evaluate: summary of 1 table rows" in res.stderr
-    assert json.loads((tmp_path / "m.json").read_text())["t"]["test"]["random"]["frac1"] == {"auroc": 0.7}
+    assert "INFO fundusfm.evaluate: summary of 3 table rows" in res.stderr
+    nest = json.loads((tmp_path / "m.json").read_text())
+    assert sorted(nest) == ["t", "u"]
+    assert nest["t"]["test"]["random"]["finetune"]["frac1"] == {"auroc": 0.7}
+    assert nest["u"]["test"]["big"] == {"finetune": {"frac0.1": {"auroc": 0.8}}, "linear": {"frac0.1": {"auroc": 0.75}}}
+    assert list(pd.read_csv(tmp_path / "m.csv")["adaptation"]) == ["finetune", "finetune", "linear"]
 
 
 def test_evaluate_bad_meta_is_a_message_not_a_traceback(tmp_path):

@@ -149,6 +149,11 @@ def test_gallery_model_is_chosen_on_validation_not_test(tmp_path):
                      "_path": str(d / "test.json")})
     best, val = best_run_on_validation(recs, TaskSpec.from_dict(TASK, "t"))
     assert best["init"] == "b" and val == pytest.approx(1.0)  # run a has the better *test* AUROC
+    # a linear probe with the best validation AUROC is no gallery model: it has no network
+    recs[0]["adaptation"] = "linear"
+    _binary_preds(tmp_path / "a" / "predictions_val.csv", y, good)
+    best, _ = best_run_on_validation(recs, TaskSpec.from_dict(TASK, "t"))
+    assert best["init"] == "b"
 
 
 def test_protocol_card_is_written_from_config_and_result_files(tmp_path):
@@ -188,3 +193,51 @@ def test_protocol_card_is_written_from_config_and_result_files(tmp_path):
         assert text in md, text
     rst = protocol.card_rst([("Task multidisease", items)])
     assert "``carry_head``" in rst and rst.startswith("Protocol card\n=============")
+
+
+def test_protocol_card_names_each_inits_model_and_where_the_arms_differ():
+    """Issue 18: an init with its own architecture, input size, normalisation and recipe,
+    both adaptations; the card says what each arm is and how the linear probe works."""
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    from fundusfm import config as fcfg
+    from fundusfm.evaluate import protocol
+
+    repo = Path(__file__).resolve().parents[1]
+    cfg = yaml.safe_load((repo / "config" / "config.yaml").read_text())
+    cfg["inits"] = {"retfound": {"checkpoint": "weights/RETFound_cfp_weights.pth", "format": "retfound_mae",
+                                 "arch": "vit_tiny_patch16_224", "img_size": 64, "mean": "imagenet", "std": "imagenet",
+                                 "recipe": {"lr": 0.0005, "layer_decay": 0.65},
+                                 "published": "github.com/rmaphoh/RETFound_MAE", "licence": "CC-BY-NC-4.0"}}
+    cfg["tasks"]["multidisease"].update(inits=["random", "retfound"], adaptations=["finetune", "linear"])
+    cfg["linear_probe"] = {"c_values": [0.01, 1.0]}
+    cfg = fcfg.validate(cfg)
+    facts = json.loads(json.dumps(protocol.config_facts(cfg, "multidisease")))  # as the rule passes it
+    assert facts["adaptations"] == ["finetune", "linear"]
+    assert facts["models"]["retfound"]["definition"] == fcfg.model_definition(cfg, "multidisease", "retfound")
+    assert facts["models"]["retfound"]["recipe"] == {"lr": 0.0005, "layer_decay": 0.65}
+    assert facts["models"]["random"]["changes"] == {}
+    md = protocol.card_markdown(protocol.card_items(facts))
+    for text in ("each fine-tuned and linear-probed (every Δ pairs runs of the same adaptation",
+                 "random: mobilenetv3_small_100 at 112 px, timm head, normalisation the architecture's timm default; "
+                 "weights: none (random initialisation)",
+                 "retfound: vit_tiny_patch16_224 at 64 px, timm head, normalisation imagenet; weights: "
+                 "`weights/RETFound_cfp_weights.pth` (format retfound_mae), published github.com/rmaphoh/RETFound_MAE, "
+                 "licence CC-BY-NC-4.0",
+                 "**Arms differ beyond the init:**",
+                 "retfound: arch vit_tiny_patch16_224 (task: mobilenetv3_small_100), img_size 64 (task: 112), "
+                 "layer_decay 0.65 (task: none), lr 0.0005 (task: 0.002)",
+                 "C swept over 0.01, 1 (`linear_probe.c_values`) and chosen on validation",
+                 "fitted on the training rows of the same fold, label fraction and seed as the fine-tunes",
+                 "`results/features/multidisease/<init>/`",
+                 "the activation-map model is chosen among the fine-tunes"):
+        assert text in md, text
+    held = md.split("**Held constant:**")[1].split("\n")[0]
+    assert "mobilenetv3_small_100" not in held and "lr " not in held and "epochs 6" in held
+    # one adaptation, no init of its own: no differences line, no linear probe line
+    cfg["tasks"]["drgrade"]["adaptations"] = ["finetune"]
+    plain = protocol.card_markdown(protocol.card_items(protocol.config_facts(cfg, "drgrade")))
+    assert "Arms differ" not in plain and "Linear probe" not in plain and "linear-probed" not in plain

@@ -1,6 +1,6 @@
 """Aggregation of per-run metrics over folds and seeds.
 
-Per (set, init, fraction) and metric: mean, sample standard deviation (ddof=1), number
+Per (set, init, adaptation, fraction) and metric: mean, sample standard deviation (ddof=1), number
 of runs, the runs' range, and -- with at least :data:`MIN_RUNS_FOR_INTERVAL` runs -- the
 across-run 95% interval mean +/- t(0.975, n-1) * sd / sqrt(n) (Student's t with n - 1
 degrees of freedom; the normal 1.96 covers about 70% at n = 2). With fewer runs there
@@ -19,9 +19,15 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from fundusfm.evaluate.io import DEFAULT_ADAPTATION, adaptation_of
+from fundusfm.layout import ADAPTATIONS
+
 LEVEL = 0.95
 MIN_RUNS_FOR_INTERVAL = 3
-GROUP_KEYS = ("set", "init", "fraction")
+# one arm of the study at one label fraction on one evaluated set (a row of the table)
+GROUP_KEYS = ("set", "init", "adaptation", "fraction")
+# what identifies one run on one set: two metrics JSONs with the same key are an error
+RUN_KEYS = ("task", "set", "init", "adaptation", "fraction", "fold", "seed")
 AGG_COLUMNS = ["n", "n_undefined", "mean", "sd", "half_width", "ci_lo", "ci_hi", "range_lo", "range_hi",
                "boot_lo", "boot_hi"]
 # metrics whose values are not in [0, 1] (the multiclass Brier score sums over classes)
@@ -69,17 +75,18 @@ def aggregate_values(values: Sequence[float | None], metric: str | None = None) 
 
 
 def check_unique_runs(records: Iterable[dict]) -> None:
-    """Raise if two metrics JSONs describe the same run (task, set, init, fraction, fold, seed)."""
+    """Raise if two metrics JSONs describe the same run (:data:`RUN_KEYS`; a record
+    without ``adaptation`` is a fine-tune)."""
     seen: dict[tuple, str] = {}
     for r in records:
-        key = tuple(r.get(k) for k in ("task", "set", "init", "fraction", "fold", "seed"))
+        key = tuple(adaptation_of(r) if k == "adaptation" else r.get(k) for k in RUN_KEYS)
         if key in seen:
             raise ValueError(f"two metrics files for the same run {key}: {seen[key]} and {r.get('_path', '?')}")
         seen[key] = r.get("_path", "?")
 
 
 def aggregate_records(records: Sequence[dict], metrics: Sequence[str] | None = None) -> pd.DataFrame:
-    """Long table: one row per (set, init, fraction, metric) with :data:`AGG_COLUMNS`.
+    """Long table: one row per (set, init, adaptation, fraction, metric) with :data:`AGG_COLUMNS`.
 
     ``records``: metrics-JSON dicts of one task. ``metrics``: which to aggregate (default:
     every metric found, in first-seen order).
@@ -91,9 +98,9 @@ def aggregate_records(records: Sequence[dict], metrics: Sequence[str] | None = N
             metrics += [m for m in r["metrics"] if m not in metrics]
     groups: dict[tuple, list[dict]] = {}
     for r in records:
-        groups.setdefault((r["set"], r["init"], float(r["fraction"])), []).append(r)
+        groups.setdefault((r["set"], r["init"], adaptation_of(r), float(r["fraction"])), []).append(r)
     rows = []
-    for (s, init, frac), recs in groups.items():
+    for (s, init, adapt, frac), recs in groups.items():
         for m in metrics:
             vals = [r["metrics"].get(m) for r in recs]
             agg = aggregate_values(vals, m)
@@ -103,7 +110,7 @@ def aggregate_records(records: Sequence[dict], metrics: Sequence[str] | None = N
                 ci = (r1.get("ci") or {}).get(m)
                 if ci:
                     agg["boot_lo"], agg["boot_hi"] = clip_to_range(*ci, m)
-            rows.append({"set": s, "init": init, "fraction": frac, "metric": m, **agg})
+            rows.append({"set": s, "init": init, "adaptation": adapt, "fraction": frac, "metric": m, **agg})
     df = pd.DataFrame(rows, columns=[*GROUP_KEYS, "metric", *AGG_COLUMNS])
     return sort_runs(df)
 
@@ -119,10 +126,19 @@ def set_rank(name: str) -> tuple:
     return (first.get(name, 2), name)
 
 
+def adaptation_rank(adaptation: str) -> tuple:
+    # fine-tune first, then linear probe (the order of fundusfm.layout.ADAPTATIONS)
+    return (ADAPTATIONS.index(adaptation), "") if adaptation in ADAPTATIONS else (len(ADAPTATIONS), adaptation)
+
+
 def sort_runs(df: pd.DataFrame, init_order: Sequence[str] | None = None) -> pd.DataFrame:
-    """Order rows: set (test, val, externals), init (display order), fraction ascending."""
+    """Order rows: set (test, val, externals), init (display order), adaptation (fine-tune,
+    then linear probe: one init's arms side by side), fraction ascending. A frame without
+    an ``adaptation`` column (older tables) sorts as fine-tunes."""
     if df.empty:
         return df.reset_index(drop=True)
-    keys = [(set_rank(s), init_rank(i, init_order), f) for s, i, f in zip(df["set"], df["init"], df["fraction"])]
+    adapt = df["adaptation"] if "adaptation" in df.columns else [DEFAULT_ADAPTATION] * len(df)
+    keys = [(set_rank(s), init_rank(i, init_order), adaptation_rank(a), f)
+            for s, i, a, f in zip(df["set"], df["init"], adapt, df["fraction"])]
     order = sorted(range(len(df)), key=keys.__getitem__)
     return df.iloc[order].reset_index(drop=True)

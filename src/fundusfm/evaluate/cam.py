@@ -11,6 +11,7 @@ and ``<method>_<class>.png`` per CAM method and class.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -262,11 +263,33 @@ def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
 
 
+def linear_probe_reason(model_dir) -> str | None:
+    """Why ``model_dir`` has no activation maps, or None: it is a linear probe's folder
+    (``.../<init>/linear/fold<k>/...`` in the results tree, or ``adaptation: linear`` in
+    its ``model.json``), a logistic regression on frozen features with no network of its own."""
+    from fundusfm import layout
+
+    try:
+        adaptation = layout.parse_key(layout.run_key(model_dir)[0]).get("adaptation")
+    except ValueError:  # a folder outside the results tree: ask its model.json
+        meta = Path(model_dir) / "model.json"
+        adaptation = json.loads(meta.read_text()).get("adaptation") if meta.is_file() else None
+    if adaptation in (None, "finetune"):
+        return None
+    return (f"{model_dir}: a {adaptation} run has no network weights of its own (a logistic regression on the "
+            "init's frozen features); activation maps need a fine-tuned model: give a fine-tune's folder, or "
+            "--best-of, which chooses among the fine-tunes")
+
+
 def run_cam(model_dir, table, fold: int, predictions, out_dir, methods=("gradcam", "gradcampp"),
             per_group: int = 4, device: str = "cpu") -> list[Path]:
-    """``fundusfm cam``: load the trained model, pick cases from its predictions, draw galleries."""
+    """``fundusfm cam``: load the trained model, pick cases from its predictions, draw
+    galleries. Raises ValueError for a linear probe's folder (:func:`linear_probe_reason`)."""
     from fundusfm.models import load_trained
 
+    why = linear_probe_reason(model_dir)
+    if why:
+        raise ValueError(why)
     model, meta = load_trained(model_dir, device="cpu" if device is None else device)
     task = meta.get("task") if isinstance(meta.get("task"), dict) and "type" in meta.get("task", {}) else None
     if task is None:

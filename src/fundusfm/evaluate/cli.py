@@ -19,13 +19,11 @@ def _verbose(on: bool) -> None:
 
 
 def parse_meta(value: str) -> dict:
-    """``--meta``: inline JSON or a JSON file with task, init, fold, fraction, seed, set."""
-    from fundusfm.evaluate.record import META_KEYS
+    """``--meta``: inline JSON or a JSON file with task, init, fold, fraction, seed, set
+    and (optional, default ``finetune``) adaptation."""
+    from fundusfm.evaluate.record import complete_meta
 
-    meta = load_json_arg(value)
-    missing = [k for k in META_KEYS if k not in meta]
-    if missing:
-        raise ValueError(f"--meta lacks key(s) {missing}; needs {list(META_KEYS)}")
+    meta = complete_meta(load_json_arg(value), "--meta")
     try:
         meta["fold"] = int(meta["fold"])
         meta["seed"] = int(meta["seed"])
@@ -43,7 +41,8 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--predictions", required=True, help="predictions CSV (contract in docs/architecture.md)")
     ap.add_argument("--val-predictions", help="validation predictions of the same model (Youden threshold)")
     ap.add_argument("--task-json", required=True, help="task definition: inline JSON or a JSON file")
-    ap.add_argument("--meta", required=True, help="JSON (inline or file) with task, init, fold, fraction, seed, set")
+    ap.add_argument("--meta", required=True, help="JSON (inline or file) with task, init, fold, fraction, seed, set and "
+                    "(optional) adaptation: finetune (default) or linear")
     ap.add_argument("--out", required=True, help="metrics JSON to write")
     ap.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (patients) [1000]")
     ap.add_argument("--seed", type=int, default=0, help="bootstrap seed [0]")
@@ -64,21 +63,26 @@ def evaluate_main(argv: list[str] | None = None) -> int:
 
 
 def table_main(argv: list[str] | None = None) -> int:
-    """``fundusfm table``: the study table of one task (CSV, Markdown, LaTeX)."""
+    """``fundusfm table``: the study table of one task (CSV, Markdown, LaTeX): every init x
+    adaptation x label fraction, paired comparisons within each adaptation, and the models."""
+    import pandas as pd
+
     from fundusfm.evaluate.aggregate import aggregate_records
     from fundusfm.evaluate.metrics import headline_metrics
-    from fundusfm.evaluate.study import compare_inits, headline_intervals, load_records
-    from fundusfm.evaluate.tables import wide_table, write_tables
+    from fundusfm.evaluate.study import compare_adaptations, compare_inits, headline_intervals, load_records
+    from fundusfm.evaluate.tables import model_table, read_model_facts, wide_table, write_tables
+    from fundusfm.layout import ADAPTATIONS
     from fundusfm.task import TaskSpec
 
     ap = argparse.ArgumentParser(prog="fundusfm table", description=table_main.__doc__)
     ap.add_argument("--task", required=True, help="task name")
     ap.add_argument("--task-json", required=True, help="task definition: inline JSON or a JSON file")
     ap.add_argument("--metrics", nargs="+", required=True, help="metrics JSON files of the task's runs")
-    ap.add_argument("--out-prefix", required=True, help="writes PREFIX.csv, PREFIX.md, PREFIX.tex "
-                    "(and PREFIX_comparisons.csv with per-run paired tests)")
+    ap.add_argument("--out-prefix", required=True, help="writes PREFIX.csv, PREFIX.md, PREFIX.tex, "
+                    "PREFIX_models.csv (one row per init) and PREFIX_comparisons.csv (per-run paired tests)")
     ap.add_argument("--compare-to", default="random",
-                    help="reference init for paired comparisons ['random'; 'none' to skip]")
+                    help="reference init for paired comparisons, each adaptation against the reference's runs of "
+                         "the same adaptation ['random'; 'none' to skip]")
     ap.add_argument("--compare-metric", default="auroc", help="metric compared between inits [auroc]")
     ap.add_argument("--predictions-root", help="directory the predictions paths in the metrics JSONs are relative to")
     ap.add_argument("--metric-list", help="comma-separated metrics to show (default: the task type's headline)")
@@ -86,30 +90,55 @@ def table_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--protocol-json", help="the task's protocol facts from the resolved config "
                     "(fundusfm.evaluate.protocol.config_facts): a protocol card heads the Markdown table")
+    ap.add_argument("--model-facts", nargs="*", default=[], metavar="JSON",
+                    help="model facts per init (results/models/<task>/<init>.json, fundusfm model-facts): "
+                         "the Models section and PREFIX_models.csv")
     ap.add_argument("--split-tables", nargs="*", default=[], help="the task's split tables (split level per dataset)")
     ap.add_argument("--overlap", help="the study's overlap report results/overlap/overlap.csv")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     _verbose(args.verbose)
     spec = TaskSpec.from_dict(load_json_arg(args.task_json), args.task)
-    recs = load_records(args.metrics, task=args.task)
+    try:
+        recs = load_records(args.metrics, task=args.task)
+        facts_by_init = read_model_facts(args.model_facts)
+    except ValueError as e:
+        log.error("%s", e)
+        return 1
     shown = args.metric_list.split(",") if args.metric_list else headline_metrics(spec.type)
     long = aggregate_records(recs)
-    pooled = per_run = None
     inits = {r["init"] for r in recs}
+    adaptations = {a: {r["init"] for r in recs if r["adaptation"] == a} for a in ADAPTATIONS}
     ref = None if args.compare_to.lower() == "none" else args.compare_to
     if ref is not None and ref not in inits:
         log.warning("reference init %r not among the runs (%s); no paired comparisons", ref, sorted(inits))
         ref = None
+    for a, arm_inits in adaptations.items():
+        if ref is not None and arm_inits - {ref} and ref not in arm_inits:
+            log.warning("reference init %r has no %s runs: the %s runs of %s are not compared", ref, a, a,
+                        sorted(arm_inits))
+    pooled, per_run = [], []
     if ref is not None:
-        pooled, per_run = compare_inits(recs, spec, ref, metric=args.compare_metric, n_boot=args.n_boot,
-                                        seed=args.seed, root=args.predictions_root)
+        p, r = compare_inits(recs, spec, ref, metric=args.compare_metric, n_boot=args.n_boot,
+                             seed=args.seed, root=args.predictions_root)
+        pooled.append(p)
+        per_run.append(r)
+    both = [a for a, arm_inits in adaptations.items() if arm_inits]
+    if len(both) > 1:
+        clash = sorted(inits & set(ADAPTATIONS))
+        if clash:  # its columns would be named like the adaptation comparison's
+            log.warning("init(s) %s named like an adaptation: no linear-vs-fine-tune comparison", clash)
+        else:
+            p, r = compare_adaptations(recs, spec, metric=args.compare_metric, n_boot=args.n_boot,
+                                       seed=args.seed, root=args.predictions_root)
+            pooled.append(p)
+            per_run.append(r)
     headline = None
     if args.compare_metric in shown and args.n_boot > 0:
         headline = headline_intervals(recs, spec, metric=args.compare_metric, n_boot=args.n_boot,
                                       seed=args.seed, root=args.predictions_root)
-    wide = wide_table(long, pooled, headline)
-    card = None
+    wide = wide_table(long, pd.concat(pooled, ignore_index=True) if pooled else None, headline)
+    card = facts = None
     if args.protocol_json:
         from fundusfm.evaluate import protocol
 
@@ -121,13 +150,18 @@ def table_main(argv: list[str] | None = None) -> int:
         card = protocol.card_markdown(items)
         write_json(Path(args.out_prefix).with_name(Path(args.out_prefix).name + "_protocol.json"),
                    {"facts": facts, "card": items})
-    paths = write_tables(wide, shown, args.task, args.out_prefix, card=card)
+    arms_of = {i: [a for a in ADAPTATIONS if i in adaptations[a]] for i in inits}
+    models = model_table(sorted(inits), facts_by_init, facts, arms_of)
+    paths = write_tables(wide, shown, args.task, args.out_prefix, card=card, models=models)
     comp_path = Path(args.out_prefix).with_name(Path(args.out_prefix).name + "_comparisons.csv")
-    if per_run is None:  # no reference among the runs: a declared output all the same, header only
+    if per_run:
+        per_run = pd.concat(per_run, ignore_index=True)
+    else:  # no reference among the runs: a declared output all the same, header only
         per_run = compare_inits([], spec, args.compare_to, metric=args.compare_metric, n_boot=0)[1]
     write_csv(comp_path, per_run, float_format="%.10g")
     paths.append(comp_path)
-    log.info("table of %s from %d runs -> %s", args.task, len(recs), ", ".join(map(str, paths)))
+    log.info("table of %s from %d runs (%s) -> %s", args.task, len(recs),
+             ", ".join(f"{len(adaptations[a])} init(s) {a}" for a in both) or "none", ", ".join(map(str, paths)))
     return 0
 
 
@@ -191,17 +225,28 @@ def cam_main(argv: list[str] | None = None) -> int:
             ap.error("--best-of needs --task-json (the model is chosen on its validation predictions)")
         recs = load_records(args.best_of)
         spec = TaskSpec.from_dict(load_json_arg(args.task_json), recs[0]["task"] if recs else None)
-        best, val = best_run_on_validation(recs, spec, args.best_metric)
+        try:
+            best, val = best_run_on_validation(recs, spec, args.best_metric)  # fine-tunes only
+        except ValueError as e:
+            log.error("%s", e)
+            return 1
         args.predictions = str(predictions_path(best))
         args.model_dir = str(Path(args.predictions).parent)
         args.fold = int(best["fold"])
         log.info("model for the gallery chosen by validation %s=%s: %s", args.best_metric, val, args.model_dir)
         write_json(Path(args.out_dir) / "best_run.json",
-                   {k: best[k] for k in ("task", "init", "fold", "fraction", "seed")}
+                   {k: best[k] for k in ("task", "init", "adaptation", "fold", "fraction", "seed")}
                    | {"model_dir": args.model_dir, "chosen_on": "validation", f"val_{args.best_metric}": val,
                       f"test_{args.best_metric}": best["metrics"].get(args.best_metric)})
     elif args.fold is None or args.predictions is None:
         ap.error("--model-dir needs --fold and --predictions")
+    else:
+        from fundusfm.evaluate.cam import linear_probe_reason
+
+        why = linear_probe_reason(args.model_dir)
+        if why:
+            log.error("%s", why)
+            return 1
     paths = run_cam(args.model_dir, args.table, args.fold, args.predictions, args.out_dir,
                     methods=args.methods.split(","), per_group=args.per_group, device=args.device)
     log.info("%d CAM galleries -> %s", len(paths), args.out_dir)
@@ -234,11 +279,16 @@ def protocol_main(argv: list[str] | None = None) -> int:
 
 def summary_main(argv: list[str] | None = None) -> int:
     """``fundusfm summary``: compact numbers of every study table for ``dvc metrics`` and
-    ``dvc plots``: a nested JSON (task -> set -> init -> fraction -> metric) and a long CSV.
-    Only overall metrics (``<metric>__mean`` columns) are kept; undefined values are null."""
+    ``dvc plots``: a nested JSON (task -> set -> init -> adaptation -> fraction -> metric)
+    and a long CSV (one row per task, set, init, adaptation, fraction). Only overall metrics
+    (``<metric>__mean`` columns) are kept; undefined values are null. A table without an
+    ``adaptation`` column (older results) holds fine-tunes."""
     import math
 
     import pandas as pd
+
+    from fundusfm.evaluate.io import DEFAULT_ADAPTATION
+    from fundusfm.evaluate.tables import is_study_table
 
     ap = argparse.ArgumentParser(prog="fundusfm summary", description=summary_main.__doc__)
     ap.add_argument("--tables", default="results/tables", help="folder of <task>.csv study tables")
@@ -246,17 +296,22 @@ def summary_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out-csv", default="summary/label_efficiency.csv")
     args = ap.parse_args(argv)
     rows = []
+    keys = ("task", "set", "init", "adaptation", "fraction")
     for path in sorted(Path(args.tables).glob("*.csv")):
-        if path.stem.endswith("_comparisons"):
+        if not is_study_table(path):
             continue
         for rec in pd.read_csv(path).to_dict("records"):
             values = {c[: -len("__mean")]: (None if pd.isna(v) or (isinstance(v, float) and math.isnan(v)) else float(v))
                       for c, v in rec.items() if c.endswith("__mean") and ":" not in c}
-            rows.append(dict(task=path.stem, set=str(rec["set"]), init=str(rec["init"]), fraction=rec["fraction"], **values))
+            adaptation = rec.get("adaptation")
+            adaptation = DEFAULT_ADAPTATION if adaptation is None or pd.isna(adaptation) else str(adaptation)
+            rows.append(dict(task=path.stem, set=str(rec["set"]), init=str(rec["init"]), adaptation=adaptation,
+                             fraction=rec["fraction"], **values))
     nest: dict = {}
     for r in rows:
-        metrics = {k: v for k, v in r.items() if k not in ("task", "set", "init", "fraction")}
-        nest.setdefault(r["task"], {}).setdefault(r["set"], {}).setdefault(r["init"], {})[f"frac{r['fraction']:g}"] = metrics
+        metrics = {k: v for k, v in r.items() if k not in keys}
+        (nest.setdefault(r["task"], {}).setdefault(r["set"], {}).setdefault(r["init"], {})
+         .setdefault(r["adaptation"], {}))[f"frac{r['fraction']:g}"] = metrics
     write_json(args.out_json, nest, allow_nan=False)
     write_csv(args.out_csv, pd.DataFrame(rows), float_format="%.6g")
     log.info("summary of %d table rows -> %s, %s", len(rows), args.out_json, args.out_csv)

@@ -15,7 +15,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fundusfm.layout import ADAPTATIONS
 from fundusfm.task import PredictionsError, TaskSpec
+
+# a metrics JSON without ``adaptation`` (written before the grid had one) is a fine-tune
+DEFAULT_ADAPTATION = "finetune"
 
 
 def patient_groups(df: pd.DataFrame) -> np.ndarray:
@@ -71,12 +75,28 @@ def clean_number(x) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def adaptation_of(rec: dict) -> str:
+    """How a record's run adapted its init (:data:`fundusfm.layout.ADAPTATIONS`); a record
+    without the key is a fine-tune (:data:`DEFAULT_ADAPTATION`)."""
+    return rec.get("adaptation") or DEFAULT_ADAPTATION
+
+
+def arm_label(init: str, adaptation: str) -> str:
+    """How figures and logs name one model: the init, with ``(linear)`` for a linear probe
+    (so the two adaptations of one init are never merged under one name)."""
+    return init if adaptation == DEFAULT_ADAPTATION else f"{init} ({adaptation})"
+
+
 def read_metrics_json(path: str | Path) -> dict:
-    """Read one metrics JSON and check the keys the table/figure steps rely on."""
+    """Read one metrics JSON and check the keys the table/figure steps rely on; a file
+    without ``adaptation`` (older results) reads as a fine-tune."""
     path = Path(path)
     rec = json.loads(path.read_text())
     for k in ("task", "init", "fold", "fraction", "seed", "set", "metrics"):
         if k not in rec:
             raise ValueError(f"{path}: metrics JSON lacks key {k!r} (see docs/architecture.md)")
+    rec["adaptation"] = adaptation_of(rec)
+    if rec["adaptation"] not in ADAPTATIONS:
+        raise ValueError(f"{path}: key 'adaptation' is {rec['adaptation']!r}, not one of {list(ADAPTATIONS)}")
     rec["_path"] = str(path)
     return rec

@@ -2,9 +2,10 @@
 config and the result files (never by hand).
 
 It stands at the top of each task's Markdown table and of ``results/report.html``. It
-says what is compared, what is held constant, how models and thresholds are selected,
-what the intervals are, which overlaps were removed, and which datasets have only
-image-level splits. Facts come from three places: the resolved config
+says what is compared (inits x adaptations), what is held constant and where the arms
+differ (each init's model definition and recipe), how the linear probe works, how models
+and thresholds are selected, what the intervals are, which overlaps were removed, and
+which datasets have only image-level splits. Facts come from three places: the resolved config
 (:func:`config_facts`, passed to the CLI as JSON), the runs' own records
 (``train_config.json`` / ``model.json`` beside the predictions: what the runs actually
 did), and the split tables and ``results/overlap/overlap.csv``.
@@ -20,11 +21,46 @@ from pathlib import Path
 import pandas as pd
 
 from fundusfm.evaluate.aggregate import LEVEL, MIN_RUNS_FOR_INTERVAL
+from fundusfm.evaluate.io import adaptation_of
 from fundusfm.evaluate.metrics import ABSENT_CLASS_POLICY
 
-# hyper-parameters every init of a task shares (the arms differ only in the init)
+# hyper-parameters the fine-tunes of a task share unless an init's own model definition or
+# recipe changes them (the card then says where the arms differ)
 HELD_CONSTANT = ("arch", "head", "img_size", "epochs", "batch_size", "lr", "weight_decay", "mode", "imbalance",
                  "patience")
+# where the weights of the built-in inits come from
+BUILTIN_WEIGHTS = {
+    "random": "none (random initialisation)",
+    "imagenet": "timm's ImageNet weights of the architecture",
+    "fundus": "this study's pretraining from random (safetensors)",
+    "imagenet+fundus": "this study's pretraining from ImageNet (safetensors)",
+}
+
+
+def model_facts(config: dict, task: str, init: str) -> dict:
+    """What one init brings to a task (from the resolved config): its model definition
+    (``fundusfm.config.model_definition``), its recipe (the non-model keys of
+    ``fundusfm.config.recipe_overrides``), every key where its runs differ from the task's
+    hyper-parameters (``changes``: ``{key: {"task": ..., "init": ...}}``), and where its
+    weights come from (checkpoint, format, published, licence)."""
+    from fundusfm import config as fcfg
+    from fundusfm.train.config import resolve_hparams
+
+    task_hp = resolve_hparams(fcfg.hparams(config, task))
+    # what differs from the task's resolved hyper-parameters (a recipe repeating a default is no change)
+    overrides = {k: v for k, v in fcfg.recipe_overrides(config, task, init).items() if task_hp.get(k) != v}
+    entry = config["inits"].get(init) or {}
+    out = {
+        "definition": fcfg.model_definition(config, task, init),
+        "recipe": {k: v for k, v in overrides.items() if k not in fcfg.MODEL_KEYS},
+        "changes": {k: {"task": task_hp.get(k), "init": v} for k, v in sorted(overrides.items())},
+        "weights": BUILTIN_WEIGHTS.get(init) if not entry else None,
+        "checkpoint": entry.get("checkpoint"), "format": entry.get("format"),
+    }
+    for k in ("published", "licence"):
+        if entry.get(k):
+            out[k] = entry[k]
+    return out
 
 
 def config_facts(config: dict, task: str) -> dict:
@@ -36,8 +72,12 @@ def config_facts(config: dict, task: str) -> dict:
     hp = resolve_hparams(fcfg.hparams(config, task))
     pt = config["pretrain"]
     shared = sorted(set(pt.get("also_in_tasks", [])) & set(t["datasets"] + t.get("external", [])))
+    adaptations = list(t["adaptations"])
     return {
         "task": task, "type": t["type"], "inits": list(t["inits"]), "reference": t["compare_to"],
+        "adaptations": adaptations,
+        "models": {init: model_facts(config, task, init) for init in t["inits"]},
+        "linear_probe": dict(config["linear_probe"]) if "linear" in adaptations else None,
         "fractions": [float(f) for f in t["fractions"]], "seeds": list(t["seeds"]),
         "split": dict(t["split"]), "folds": fcfg.split_folds(t), "run_folds": fcfg.run_folds(t),
         "datasets": list(t["datasets"]), "external": list(t.get("external", [])),
@@ -51,9 +91,12 @@ def config_facts(config: dict, task: str) -> dict:
 # ------------------------------------------------------------------------- result files
 
 def run_facts(records: Sequence[dict]) -> dict:
-    """What the runs did, from ``train_config.json`` / ``model.json`` beside each run's
-    predictions: hidden head layers carried, validation policy, monitor fallbacks."""
-    dirs = sorted({str(Path(r["predictions"]).parent) for r in records if r.get("predictions")})
+    """What the fine-tunes did, from ``train_config.json`` / ``model.json`` beside each
+    run's predictions: hidden head layers carried, validation policy, monitor fallbacks
+    (``n_linear_dirs``: the linear probes' folders, not read)."""
+    tuned = [r for r in records if adaptation_of(r) == "finetune"]
+    linear = {str(Path(r["predictions"]).parent) for r in records if r.get("predictions") and r not in tuned}
+    dirs = sorted({str(Path(r["predictions"]).parent) for r in tuned if r.get("predictions")})
     carry, val_labels, fallbacks, seen = {}, {}, 0, 0
     for d in dirs:
         cfg_path, meta_path = Path(d) / "train_config.json", Path(d) / "model.json"
@@ -66,7 +109,7 @@ def run_facts(records: Sequence[dict]) -> dict:
             seen += 1
             fallbacks += int(meta.get("monitor_requested", meta.get("monitor")) != meta.get("monitor"))
     return {"n_run_dirs": len(dirs), "carry_head": carry, "val_labels": val_labels,
-            "monitor_fallbacks": fallbacks, "n_models": seen}
+            "monitor_fallbacks": fallbacks, "n_models": seen, "n_linear_dirs": len(linear)}
 
 
 def undefined_runs(records: Sequence[dict], metric: str) -> dict[str, int]:
@@ -125,6 +168,64 @@ def _frac(f: float) -> str:
     return f"{f * 100:g}%"
 
 
+def _norm_text(mean, std) -> str:
+    if mean is None and std is None:
+        return "the architecture's timm default"
+    if isinstance(mean, str) and mean == std:
+        return mean
+    fmt = lambda v: v if isinstance(v, str) else "/".join(f"{float(x):g}" for x in v)  # noqa: E731
+    return f"mean {fmt(mean)}, std {fmt(std)}" if mean is not None and std is not None else \
+        f"mean {fmt(mean) if mean is not None else 'default'}, std {fmt(std) if std is not None else 'default'}"
+
+
+def _value(v, key: str = "") -> str:
+    if isinstance(v, (list, tuple)):
+        return "/".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v)
+    if v is None:  # unset: the architecture's own normalisation, else the key is off
+        return "the architecture's timm default" if key in ("mean", "std") else "none"
+    return str(v)
+
+
+def model_items(facts: dict) -> list[tuple[str, str]]:
+    """The card's lines on the models: each init's definition and weights, and where the
+    arms differ from the task's hyper-parameters (model definition or recipe)."""
+    models = facts.get("models") or {}
+    if not models:
+        return []
+    lines, differ = [], []
+    for init in facts["inits"]:
+        m = models.get(init)
+        if not m:
+            continue
+        d = m["definition"]
+        weights = m.get("weights") or (f"{{{m['checkpoint']}}} (format {m.get('format') or 'auto'})"
+                                       if m.get("checkpoint") else "—")
+        extra = "".join(f", {k} {m[k]}" for k in ("published", "licence") if m.get(k))
+        lines.append(f"{init}: {d.get('arch')} at {d.get('img_size')} px, {d.get('head')} head, normalisation "
+                     f"{_norm_text(d.get('mean'), d.get('std'))}; weights: {weights}{extra}")
+        if m.get("changes"):
+            differ.append(f"{init}: " + ", ".join(f"{k} {_value(c['init'], k)} (task: {_value(c['task'], k)})"
+                                                  for k, c in m["changes"].items()))
+    items = [("Models", "; ".join(lines) + ".")]
+    if differ:
+        items.append(("Arms differ beyond the init",
+                      "these inits bring their own model definition or fine-tuning recipe ({inits.<name>}), so their "
+                      "arms differ in more than the starting weights: " + "; ".join(differ) + "."))
+    return items
+
+
+def linear_probe_text(facts: dict) -> str:
+    """The linear probe's protocol, from the resolved ``linear_probe`` settings."""
+    lp = facts.get("linear_probe") or {}
+    cs = ", ".join(f"{c:g}" for c in lp.get("c_values", [])) or "?"
+    return ("frozen features of each init extracted once per image and cached "
+            f"({{results/features/{facts['task']}/<init>/}}), standardised, then a logistic regression per run, its "
+            f"inverse regularisation C swept over {cs} ({{linear_probe.c_values}}) and chosen on validation; fitted "
+            "on the training rows of the same fold, label fraction and seed as the fine-tunes "
+            f"(max_iter {lp.get('max_iter', '?')}); no network weights are trained, so activation maps come from "
+            "fine-tunes only.")
+
+
 def card_items(facts: dict, runs: dict | None = None, levels: dict | None = None,
                overlaps: dict | None = None, undefined: dict | None = None) -> list[tuple[str, str]]:
     """``(heading, text)`` lines of the card; ``{key}`` marks a config key or file."""
@@ -138,16 +239,29 @@ def card_items(facts: dict, runs: dict | None = None, levels: dict | None = None
     else:
         where = f"the {strategy} split's test set"
     ext = f"; external set(s): {', '.join(facts['external'])}" if facts["external"] else ""
+    adaptations = facts.get("adaptations") or ["finetune"]
+    linear = "linear" in adaptations
+    how = {("finetune",): "", ("linear",): "linear-probed ",
+           ("finetune", "linear"): "each fine-tuned and linear-probed (every Δ pairs runs of the same adaptation; "
+                                   "a linear probe is also compared with its own init's fine-tune) "}
     items = [("What is compared",
-              f"inits {inits} (reference for Δ and p: {facts['reference']}) at {', '.join(map(_frac, facts['fractions']))} "
+              f"inits {inits} (reference for Δ and p: {facts['reference']}) "
+              f"{how.get(tuple(a for a in ('finetune', 'linear') if a in adaptations), '')}"
+              f"at {', '.join(map(_frac, facts['fractions']))} "
               f"of the labelled development data, on {where}{ext}; seeds {', '.join(map(str, facts['seeds']))}.")]
     carried = runs.get("carry_head") or {hp["carry_head"]: None}
     carry_txt = ("hidden head layers carried from checkpoints ({carry_head}: hidden)" if "hidden" in carried
                  else "no head weights carried from any checkpoint ({carry_head}: none)")
-    held = ", ".join(f"{k} {hp[k]}" for k in HELD_CONSTANT if k in hp)
+    changed = {k for m in (facts.get("models") or {}).values() for k in m.get("changes", {})}
+    held = ", ".join(f"{k} {hp[k]}" for k in HELD_CONSTANT if k in hp and k not in changed)
+    who = "every fine-tune" if linear else "every init"
+    but = f" (except where the arms differ, below: {', '.join(sorted(changed))})" if changed else ""
     items.append(("Held constant",
-                  f"every init trains with the same hyper-parameters ({held}), augmentation, folds, label-fraction "
+                  f"{who} trains with the same hyper-parameters ({held}){but}, augmentation, folds, label-fraction "
                   "subsets and seeds; the final classifier layer starts fresh for every init; " + carry_txt + "."))
+    items += model_items(facts)
+    if linear:
+        items.append(("Linear probe", linear_probe_text(facts)))
     if hp["val_labels"] == "fraction":
         val = (f"validation shrinks with the label fraction like training (at least {hp['val_min_patients']} "
                "patients per stratum; {val_labels}: fraction)")
@@ -157,9 +271,11 @@ def card_items(facts: dict, runs: dict | None = None, levels: dict | None = None
     fb_txt = (f"; {fb} of {runs.get('n_models')} runs fell back to the validation loss (metric undefined on "
               "their validation set)") if fb else ""
     items.append(("Model and threshold selection",
-                  f"the epoch with the best validation {hp['monitor']} (validation loss when it is undefined){fb_txt}; "
+                  f"{'fine-tunes: ' if linear else ''}the epoch with the best validation {hp['monitor']} "
+                  f"(validation loss when it is undefined){fb_txt}; "
                   f"{val}; decision thresholds (\"val thr.\" columns) by Youden's J on validation; the activation-map "
-                  "model is chosen on validation AUROC, never on test. Absent classes: " + ABSENT_CLASS_POLICY +
+                  f"model is chosen {'among the fine-tunes ' if linear else ''}on validation AUROC, never on test. "
+                  "Absent classes: " + ABSENT_CLASS_POLICY +
                   (f" (undefined runs per set: {', '.join(f'{k} {v}' for k, v in sorted(undefined.items()))})"
                    if undefined else "") + "."))
     items.append(("Intervals",

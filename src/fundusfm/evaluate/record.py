@@ -6,17 +6,36 @@ from __future__ import annotations
 from pathlib import Path
 
 from fundusfm.evaluate.bootstrap import patient_bootstrap
-from fundusfm.evaluate.io import clean_number, patient_groups
+from fundusfm.evaluate.io import DEFAULT_ADAPTATION, clean_number, patient_groups
 from fundusfm.evaluate.metrics import compute_metrics
+from fundusfm.layout import ADAPTATIONS
 from fundusfm.task import TaskSpec, read_predictions
 
 # what identifies a record: the run (layout) and the evaluated set
-META_KEYS = ("task", "init", "fold", "fraction", "seed", "set")
+META_KEYS = ("task", "init", "adaptation", "fold", "fraction", "seed", "set")
+# keys a caller may leave out, and what they then mean (results from before issue 18)
+META_DEFAULTS = {"adaptation": DEFAULT_ADAPTATION}
+
+
+def complete_meta(meta: dict, source: str = "meta") -> dict:
+    """``meta`` with :data:`META_DEFAULTS` filled in; raises ValueError naming ``source``
+    and the key when a key of :data:`META_KEYS` is missing or the adaptation is unknown."""
+    meta = {**META_DEFAULTS, **meta}
+    missing = [k for k in META_KEYS if k not in meta]
+    if missing:
+        need = [k for k in META_KEYS if k not in META_DEFAULTS]
+        raise ValueError(f"{source} lacks key(s) {missing}; needs {need} (optional: {sorted(META_DEFAULTS)})")
+    if meta["adaptation"] not in ADAPTATIONS:
+        raise ValueError(f"{source}: adaptation {meta['adaptation']!r} is not one of {list(ADAPTATIONS)}")
+    return meta
 
 
 def evaluate_run(predictions: str | Path, task: dict, meta: dict, val_predictions: str | Path | None = None,
                  n_boot: int = 1000, seed: int = 0) -> dict:
-    """The metrics-JSON record of one predictions file (see docs/architecture.md)."""
+    """The metrics-JSON record of one predictions file (see docs/architecture.md).
+
+    ``meta``: the keys of :data:`META_KEYS` (``adaptation`` may be left out: a fine-tune)."""
+    meta = complete_meta(meta)
     spec = TaskSpec.from_dict(task, meta.get("task"))
     df = read_predictions(predictions, spec)
     val = read_predictions(val_predictions, spec) if val_predictions else None

@@ -16,7 +16,8 @@ import pandas as pd
 
 from fundusfm.evaluate.aggregate import clip_to_range
 from fundusfm.evaluate.compare import delong_test, metric_getter, paired_bootstrap_runs, patient_draws
-from fundusfm.evaluate.io import align_predictions, patient_groups, read_metrics_json, to_arrays
+from fundusfm.evaluate.io import (DEFAULT_ADAPTATION, adaptation_of, align_predictions, arm_label, patient_groups,
+                                  read_metrics_json, to_arrays)
 from fundusfm.evaluate.metrics import Undefined
 from fundusfm.task import TaskSpec, read_predictions
 
@@ -52,48 +53,54 @@ def load_predictions(rec: dict, spec: TaskSpec, root=None) -> pd.DataFrame | Non
     return read_predictions(p, spec)
 
 
-def compare_inits(
-    records: Sequence[dict],
-    spec: TaskSpec,
-    reference: str,
-    metric: str = "auroc",
-    n_boot: int = 1000,
-    seed: int = 0,
-    root=None,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Paired comparisons of every init against ``reference`` on the same images.
+# columns of the paired comparisons (pooled over runs, and per matched pair of runs);
+# ``reference`` names the reference arm as the table's column does (an init, or
+# ``finetune`` for a linear probe against its own init's fine-tune)
+POOLED_COLUMNS = ["set", "init", "adaptation", "fraction", "metric", "reference", "reference_init",
+                  "reference_adaptation", "diff", "diff_lo", "diff_hi", "p_value", "n_runs"]
+PER_RUN_COLUMNS = ["set", "init", "adaptation", "fraction", "fold", "seed", "reference", "reference_init",
+                   "reference_adaptation", "metric", "diff", "delong_z", "delong_p", "skipped"]
 
-    Runs are matched on (set, fraction, fold, seed). Returns
-    ``(pooled, per_run)``: ``pooled`` has one row per (set, init, fraction) with the
-    paired patient bootstrap of the mean difference over matched runs
-    (``diff, diff_lo, diff_hi, p_value, n_runs``); ``per_run`` lists each matched pair
-    with DeLong's test (binary AUROC) and why a pair was skipped, if it was.
-    """
-    by_key = {(r["set"], float(r["fraction"]), r["fold"], r["seed"], r["init"]): r for r in records}
+
+def _run_key(rec: dict) -> tuple:
+    # (set, fraction, fold, seed, init, adaptation): one run on one evaluated set
+    return (rec["set"], float(rec["fraction"]), rec["fold"], rec["seed"], rec["init"], adaptation_of(rec))
+
+
+def _paired_comparisons(records, spec: TaskSpec, reference_of, label: str, metric: str, n_boot: int, seed: int,
+                        root) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every run whose ``reference_of(key)`` is a run key is compared with that run, on
+    the same images; pooled per (set, init, adaptation, fraction). ``label``: the
+    ``reference`` column's value."""
+    by_key = {_run_key(r): r for r in records}
     fn = metric_getter(spec, metric)
     pooled_rows, run_rows = [], []
-    groups: dict[tuple, list[tuple]] = {}
-    for (s, frac, fold, sd, init), rec in sorted(by_key.items(), key=lambda kv: str(kv[0])):
-        if init == reference:
+    groups: dict[tuple, tuple[tuple, list]] = {}
+    for key, rec in sorted(by_key.items(), key=lambda kv: str(kv[0])):
+        ref_key = reference_of(key)
+        if ref_key is None:
             continue
-        row = {"set": s, "init": init, "fraction": frac, "fold": fold, "seed": sd, "reference": reference,
-               "metric": metric}
-        ref = by_key.get((s, frac, fold, sd, reference))
-        groups.setdefault((s, init, frac), [])
+        s, frac, fold, sd, init, adapt = key
+        ref_init, ref_adapt = ref_key[4], ref_key[5]
+        row = {"set": s, "init": init, "adaptation": adapt, "fraction": frac, "fold": fold, "seed": sd,
+               "reference": label, "reference_init": ref_init, "reference_adaptation": ref_adapt, "metric": metric}
+        runs = groups.setdefault((s, init, adapt, frac), ((ref_init, ref_adapt), []))[1]
+        ref = by_key.get(ref_key)
         if ref is None:
-            run_rows.append({**row, "skipped": f"no {reference} run with the same set/fraction/fold/seed"})
+            run_rows.append({**row, "skipped": f"no {arm_label(ref_init, ref_adapt)} run with the same "
+                                               "set/fraction/fold/seed"})
             continue
         pa, pb = load_predictions(rec, spec, root), load_predictions(ref, spec, root)
         if pa is None or pb is None:
             missing = predictions_path(rec, root) if pa is None else predictions_path(ref, root)
             run_rows.append({**row, "skipped": f"predictions not found: {missing}"})
-            log.warning("paired comparison %s vs %s skipped: predictions not found: %s", init, reference, missing)
+            log.warning("paired comparison %s vs %s skipped: predictions not found: %s", arm_label(init, adapt),
+                        arm_label(ref_init, ref_adapt), missing)
             continue
         a, b = align_predictions(pa, pb, spec, names=(rec["_path"], ref["_path"]))
         y, P_a = to_arrays(a, spec)
         _, P_b = to_arrays(b, spec)
-        g = patient_groups(a)
-        groups[(s, init, frac)].append((y, P_a, P_b, g))
+        runs.append((y, P_a, P_b, patient_groups(a)))
         if spec.type == "binary" and metric == "auroc":
             try:
                 d = delong_test(y, P_a[:, 1], P_b[:, 1])
@@ -104,8 +111,9 @@ def compare_inits(
             a_v, b_v = fn(y, P_a), fn(y, P_b)
             row.update(diff=None if a_v is None or b_v is None else a_v - b_v)
         run_rows.append(row)
-    for (s, init, frac), runs in groups.items():
-        base = {"set": s, "init": init, "fraction": frac, "metric": metric, "reference": reference}
+    for (s, init, adapt, frac), ((ref_init, ref_adapt), runs) in groups.items():
+        base = {"set": s, "init": init, "adaptation": adapt, "fraction": frac, "metric": metric, "reference": label,
+                "reference_init": ref_init, "reference_adaptation": ref_adapt}
         if not runs:
             pooled_rows.append({**base, "diff": None, "diff_lo": None, "diff_hi": None, "p_value": None, "n_runs": 0})
             continue
@@ -113,11 +121,51 @@ def compare_inits(
         ci = res["ci"] or [None, None]
         pooled_rows.append({**base, "diff": res["diff"], "diff_lo": ci[0], "diff_hi": ci[1],
                             "p_value": res["p_value"], "n_runs": res["n_runs"]})
-    pooled = pd.DataFrame(pooled_rows, columns=["set", "init", "fraction", "metric", "reference",
-                                                "diff", "diff_lo", "diff_hi", "p_value", "n_runs"])
-    per_run = pd.DataFrame(run_rows, columns=["set", "init", "fraction", "fold", "seed", "reference", "metric",
-                                              "diff", "delong_z", "delong_p", "skipped"])
-    return pooled, per_run
+    return pd.DataFrame(pooled_rows, columns=POOLED_COLUMNS), pd.DataFrame(run_rows, columns=PER_RUN_COLUMNS)
+
+
+def compare_inits(
+    records: Sequence[dict],
+    spec: TaskSpec,
+    reference: str,
+    metric: str = "auroc",
+    n_boot: int = 1000,
+    seed: int = 0,
+    root=None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Paired comparisons of every arm (init x adaptation) against the ``reference`` init
+    *in the same adaptation*, on the same images.
+
+    A run is matched with the reference's run of the same adaptation, set, fraction, fold
+    and seed: a linear probe is compared with the reference's linear probe, a fine-tune
+    with its fine-tune, never across. Returns ``(pooled, per_run)``: ``pooled`` has one row
+    per (set, init, adaptation, fraction) with the paired patient bootstrap of the mean
+    difference over matched runs (``diff, diff_lo, diff_hi, p_value, n_runs``);
+    ``per_run`` lists each matched pair with DeLong's test (binary AUROC) and why a pair
+    was skipped, if it was (columns :data:`POOLED_COLUMNS`, :data:`PER_RUN_COLUMNS`).
+    """
+    def reference_of(key):
+        return None if key[4] == reference else (*key[:4], reference, key[5])
+
+    return _paired_comparisons(records, spec, reference_of, reference, metric, n_boot, seed, root)
+
+
+def compare_adaptations(
+    records: Sequence[dict],
+    spec: TaskSpec,
+    metric: str = "auroc",
+    n_boot: int = 1000,
+    seed: int = 0,
+    root=None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Paired comparisons of each linear probe against the fine-tune *of the same init*
+    (same set, fraction, fold and seed, the same images): what fine-tuning the whole
+    network adds over a linear read-out of the frozen features. Same frames as
+    :func:`compare_inits`, ``reference`` = ``finetune``."""
+    def reference_of(key):
+        return None if key[5] == DEFAULT_ADAPTATION else (*key[:5], DEFAULT_ADAPTATION)
+
+    return _paired_comparisons(records, spec, reference_of, DEFAULT_ADAPTATION, metric, n_boot, seed, root)
 
 
 def runs_and_patients_interval(
@@ -173,16 +221,16 @@ def headline_intervals(
     seed: int = 0,
     root=None,
 ) -> pd.DataFrame:
-    """Per (set, init, fraction): the runs-and-patients interval of ``metric``
+    """Per (set, init, adaptation, fraction): the runs-and-patients interval of ``metric``
     (:func:`runs_and_patients_interval`), cut to the metric's range.
 
-    Columns ``set, init, fraction, metric, hl_lo, hl_hi, hl_n_runs, hl_n_boot``. Runs
+    Columns ``set, init, adaptation, fraction, metric, hl_lo, hl_hi, hl_n_runs, hl_n_boot``. Runs
     without predictions or with the metric undefined are not used (counted elsewhere).
     """
     fn = metric_getter(spec, metric)
     groups: dict[tuple, list] = {}
     for rec in sorted(records, key=lambda r: str(r.get("_path"))):
-        key = (rec["set"], rec["init"], float(rec["fraction"]))
+        key = (rec["set"], rec["init"], adaptation_of(rec), float(rec["fraction"]))
         groups.setdefault(key, [])
         if rec["metrics"].get(metric) is None:
             continue
@@ -193,25 +241,36 @@ def headline_intervals(
         y, P = to_arrays(pred, spec)
         groups[key].append((y, P, patient_groups(pred)))
     rows = []
-    for (s, init, frac), runs in groups.items():
+    for (s, init, adapt, frac), runs in groups.items():
         res = runs_and_patients_interval(runs, fn, n_boot=n_boot, seed=seed)
         lo, hi = (res["lo"], res["hi"]) if res["lo"] is not None else (None, None)
         if lo is not None:
             lo, hi = clip_to_range(lo, hi, metric)
-        rows.append({"set": s, "init": init, "fraction": frac, "metric": metric, "hl_lo": lo, "hl_hi": hi,
-                     "hl_n_runs": res["n_runs"], "hl_n_boot": res["n_boot"]})
-    return pd.DataFrame(rows, columns=["set", "init", "fraction", "metric", "hl_lo", "hl_hi", "hl_n_runs",
-                                       "hl_n_boot"])
+        rows.append({"set": s, "init": init, "adaptation": adapt, "fraction": frac, "metric": metric, "hl_lo": lo,
+                     "hl_hi": hi, "hl_n_runs": res["n_runs"], "hl_n_boot": res["n_boot"]})
+    return pd.DataFrame(rows, columns=["set", "init", "adaptation", "fraction", "metric", "hl_lo", "hl_hi",
+                                       "hl_n_runs", "hl_n_boot"])
 
 
 def best_run_on_validation(records: Sequence[dict], spec: TaskSpec, metric: str = "auroc",
                            root=None) -> tuple[dict, float | None]:
-    """The run whose *validation* predictions (``predictions_val.csv`` beside the test
-    predictions) score best on ``metric``: a model chosen without looking at the test
-    set. Ties and undefined values as in :func:`best_run`. Returns ``(record, value)``."""
+    """The fine-tune whose *validation* predictions (``predictions_val.csv`` beside the
+    test predictions) score best on ``metric``: a model chosen without looking at the test
+    set. Linear probes are left out (logged): they have no network weights of their own,
+    so no activation maps. Ties and undefined values as in :func:`best_run`. Returns
+    ``(record, value)``; raises ValueError when no fine-tune was evaluated on 'test'."""
     runs = [r for r in records if r.get("set") == "test"]
     if not runs:
         raise ValueError("no run was evaluated on set 'test'")
+    probes = [r for r in runs if adaptation_of(r) != DEFAULT_ADAPTATION]
+    runs = [r for r in runs if adaptation_of(r) == DEFAULT_ADAPTATION]
+    if probes:
+        log.info("model choice: %d linear-probe run(s) left out (a linear probe has no network weights of its "
+                 "own; activation maps need a fine-tuned model)", len(probes))
+    if not runs:
+        raise ValueError(f"no fine-tune among the {len(probes)} run(s) evaluated on 'test' (all linear probes, e.g. "
+                         f"{probes[0].get('_path', '?')}): activation maps need a fine-tuned network; give the "
+                         "fine-tunes' metrics files")
     fn = metric_getter(spec, metric)
     scored = []
     for r in runs:
