@@ -54,6 +54,7 @@ rule table:
         ),
         tex=f"{R}/tables/{{task}}.tex",
         comparisons=f"{R}/tables/{{task}}_comparisons.csv",
+        models=f"{R}/tables/{{task}}_models.csv",
     log:
         f"{R}/logs/table/{{task}}.log",
     conda:

@@ -25,6 +25,6 @@ def test_train_config_and_comparisons_are_declared_outputs(tmp_path):
     wd = copy_workflow(tmp_path / "wf", tiny_config())
     p = run_snakemake(wd, "-n", timeout=300)
     for rule, name in (("pretrain", "train_config.json"), ("finetune", "train_config.json"),
-                       ("table", "_comparisons.csv")):
+                       ("table", "_comparisons.csv"), ("table", "_models.csv")):
         lines = _outputs(p.stdout, rule)
         assert lines and all(name in line for line in lines), (rule, lines[:2])
