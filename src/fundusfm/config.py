@@ -272,15 +272,25 @@ def run_folds(task: dict) -> list[int]:
 
 def runs(config: dict, task: str | None = None, adaptation: str | None = None) -> list[Run]:
     """The downstream grid: task × init × adaptation × fold × fraction × seed (with
-    ``adaptation``, only its runs)."""
+    ``adaptation``, only its runs).
+
+    A linear probe on all the labels (fraction 1) has nothing random left: the frozen
+    features are extracted once, the rows do not depend on the seed and the logistic
+    regression is deterministic. Its other seeds would be exact copies counted as
+    replicates (an interval narrower than the evidence), so it runs with the task's first
+    seed only; under a label fraction the seed draws the labelled subset and every seed runs.
+    """
     out = []
     for tname, t in config["tasks"].items():
         if task is not None and tname != task:
             continue
         for init, adapt, fold, frac, seed in itertools.product(
                 t["inits"], t["adaptations"], run_folds(t), t["fractions"], t["seeds"]):
-            if adaptation is None or adapt == adaptation:
-                out.append(Run(tname, init, fold, fmt_fraction(frac), seed, adapt))
+            if adaptation is not None and adapt != adaptation:
+                continue
+            if adapt == "linear" and float(frac) >= 1 and seed != t["seeds"][0]:
+                continue
+            out.append(Run(tname, init, fold, fmt_fraction(frac), seed, adapt))
     return out
 
 
