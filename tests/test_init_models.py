@@ -403,3 +403,29 @@ def test_fm_comparison_inits_are_whole_models_that_agree_with_their_formats(fm):
         assert (r["lr"], r["batch_size"], r["layer_decay"], r["drop_path_rate"], r["weight_decay"], r["epochs"],
                 r["warmup_epochs"]) == (5e-3 * 16 / 256, 16, 0.65, 0.2, 0.05, 50, 10), name
         assert DEFAULT_HPARAMS.keys() >= r.keys()
+
+
+def _doc_examples() -> dict:
+    """The ``inits:`` examples of docs/checkpoint-formats.md, section "Whole-model inits"."""
+    import re
+
+    text = (REPO / "docs" / "checkpoint-formats.md").read_text().split("## Whole-model inits", 1)[1]
+    entries: dict = {}
+    for block in re.findall(r"```yaml\n(.*?)```", text, flags=re.S):
+        entries.update(yaml.safe_load(block)["inits"])
+    return entries
+
+
+def test_the_documented_init_examples_validate_and_match_fm_comparison(fm):
+    examples = _doc_examples()
+    c = demo()
+    c["inits"] = copy.deepcopy(examples)
+    c["tasks"]["drgrade"]["inits"] = ["random", *examples]
+    c = fcfg.validate(c)  # every documented entry is a valid one
+    assert {e["format"] for e in c["inits"].values()} == set(formats.FORMATS) - {"safetensors", "timm"}
+    for name, entry in examples.items():  # the same models as the study that uses them
+        if name in fm["inits"]:
+            for key in (*fcfg.MODEL_KEYS, "format", "trust_pickle"):
+                assert entry.get(key, False) == fm["inits"][name].get(key, False), (name, key)
+    recipe = examples["retfound-mae"]["recipe"]
+    assert recipe.items() <= fm["inits"]["retfound-mae"]["recipe"].items()
