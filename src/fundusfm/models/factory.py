@@ -28,6 +28,10 @@ class ImageNetWeightsUnavailable(RuntimeError):
     """No ImageNet weights could be found offline for the requested architecture."""
 
 
+class ArchitectureArgumentError(ValueError):
+    """A timm architecture does not take a hyper-parameter it was given (``drop_path_rate``...)."""
+
+
 def paper_head(in_features: int, num_classes: int, hidden: int = PAPER_HIDDEN) -> nn.Sequential:
     """The paper's classification head: Linear -> BatchNorm1d -> ReLU -> Linear."""
     return nn.Sequential(
@@ -72,7 +76,12 @@ def _timm_create(arch: str, num_classes: int, img_size: int | None, **kwargs) ->
             return timm.create_model(arch, num_classes=num_classes, img_size=img_size, **kwargs)
         except TypeError:
             pass  # CNNs are size-agnostic and reject the argument
-    return timm.create_model(arch, num_classes=num_classes, **kwargs)
+    try:
+        return timm.create_model(arch, num_classes=num_classes, **kwargs)
+    except TypeError as exc:  # e.g. drop_path_rate for an architecture without stochastic depth
+        given = sorted(k for k in kwargs if k not in ("pretrained", "pretrained_cfg_overlay"))
+        raise ArchitectureArgumentError(f"timm architecture {arch!r} does not take the hparam(s) {given} ({exc}); "
+                         "leave them out (0 / unset) for this architecture") from None
 
 
 def resolve_imagenet_file(imagenet_weights: str | os.PathLike | None) -> Path | None:
@@ -138,7 +147,7 @@ def _create_imagenet(arch, num_classes, img_size, imagenet_weights, kwargs) -> n
         log.info("ImageNet weights for %s from local file %s", arch, local)
     try:
         return _timm_create(arch, num_classes, img_size, pretrained=True, **kwargs)
-    except ImageNetWeightsUnavailable:
+    except (ImageNetWeightsUnavailable, ArchitectureArgumentError):
         raise
     except Exception as exc:  # timm / huggingface_hub raise many types when offline
         raise ImageNetWeightsUnavailable(
@@ -170,15 +179,16 @@ NORMALISATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 }
 
 
-def input_norm(model: nn.Module, mean=None, std=None) -> tuple[list[float], list[float]]:
+def input_norm(model: nn.Module | None, mean=None, std=None) -> tuple[list[float], list[float]]:
     """The mean and std a model's inputs are normalised with: each given as three numbers
     or a name of :data:`NORMALISATIONS` (``mean: imagenet``), else (``None``) the
-    architecture's own timm default."""
-    default = default_mean_std(model)
+    architecture's own timm default (``model`` may be ``None`` when both are given)."""
 
     def one(value, which: int, what: str) -> list[float]:
         if value is None:
-            return default[which]
+            if model is None:
+                raise ValueError(f"{what} not given and no model to take its timm default from")
+            return default_mean_std(model)[which]
         if isinstance(value, str):
             if value not in NORMALISATIONS:
                 raise ValueError(f"{what} {value!r}: use 3 numbers or one of {sorted(NORMALISATIONS)}")

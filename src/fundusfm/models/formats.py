@@ -383,8 +383,9 @@ register(CheckpointFormat(
     name="paper_pickle",
     description="the paper's release: a pickled DataParallel torchvision ResNet50 with the "
     "2048->512->BN->ReLU head (needs trust_pickle; converted once to safetensors)",
-    published="resnet50_512_{Fundus,ImageNet+Fundus}.pth, Google Drive links in "
-    "github.com/Jang-Boa/Research-Foundation-Retina README (arXiv 2408.08790)",
+    published="resnet50_512_{Fundus,ImageNet+Fundus}.pth (arXiv 2408.08790), Google Drive links in the README "
+    "of github.com/Jang-Boa/Research-Foundation-Retina from 2024-07 (commit 646e634) to 2024-09 (11b4fd7); "
+    "its README now says the model is released after publication",
     convert=_paper_pickle,
     layout_problem=_paper_problem,
     model={"arch": "resnet50", "head": "paper", "img_size": 512},

@@ -268,6 +268,10 @@ def apply_key_map(state: dict[str, torch.Tensor], key_map: dict[str, str | None]
     matches no key is an error (a typo would otherwise pass silently)."""
     if not key_map:
         return state
+    bad = {p: v for p, v in key_map.items() if not isinstance(p, str) or not (v is None or isinstance(v, str))}
+    if bad:
+        raise InitError(f"{report.source}: key_map entries {bad} are not prefix -> new prefix (a string; '' strips "
+                        "the prefix) or prefix -> null (drops those keys)")
     prefixes = sorted(key_map, key=len, reverse=True)
     used: set[str] = set()
     out: dict[str, torch.Tensor] = {}
@@ -283,8 +287,10 @@ def apply_key_map(state: dict[str, torch.Tensor], key_map: dict[str, str | None]
             out[key_map[hit] + key[len(hit):]] = value
     unused = [p for p in key_map if p not in used]
     if unused:
-        raise InitError(f"{report.source}: key_map prefix(es) {unused} match no key of the checkpoint "
-                        f"(its keys start with {sorted({k.split('.', 1)[0] + '.' for k in state})[:8]})")
+        from fundusfm.models.formats import describe_keys  # formats builds on this module
+
+        raise InitError(f"{report.source}: key_map prefix(es) {unused} match no key of the checkpoint: fix or "
+                        f"remove them (the init's key_map, --key-map-json). It holds {describe_keys(state)}")
     report.renamed.update({p: ("(dropped)" if v is None else v) for p, v in key_map.items()})
     return out
 
