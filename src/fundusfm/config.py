@@ -43,6 +43,14 @@ def _path(err: jsonschema.ValidationError) -> str:
     return ".".join(str(p) for p in err.absolute_path) or "(top level)"
 
 
+def _message(err: jsonschema.ValidationError) -> str:
+    """The schema's message, in words where its own would be cryptic."""
+    if list(err.absolute_path) == ["inits"] and err.validator == "not":
+        return (f"{err.instance!r} names a built-in init ({', '.join(sorted(BUILTIN_INITS))}) or an adaptation "
+                "(finetune, linear); give the checkpoint another name")
+    return err.message
+
+
 def validate(config: dict, source: str = "config") -> dict:
     """Validate against the JSON schema, fill defaults, then cross-check references.
 
@@ -51,7 +59,7 @@ def validate(config: dict, source: str = "config") -> dict:
     validator = jsonschema.Draft202012Validator(schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
-        lines = [f"  - {_path(e)}: {e.message}" for e in errors]
+        lines = [f"  - {_path(e)}: {_message(e)}" for e in errors]
         raise ConfigError(f"{source} is invalid ({len(errors)} problem(s)):\n" + "\n".join(lines))
     _fill_defaults(config)
     problems = list(_cross_check(config))
@@ -125,6 +133,10 @@ def _cross_check(config: dict):
         yield f"pretrain.also_in_tasks: {ds!r} is not a pretraining dataset (pretrain.datasets: {sorted(pretrain)})"
     named = set(config["inits"])
     for name, entry in config["inits"].items():
+        if ("mean" in entry) != ("std" in entry):
+            given, other = ("mean", "std") if "mean" in entry else ("std", "mean")
+            yield (f"inits.{name}: {given} without {other}; give both (the missing one would silently be "
+                   f"the architecture's default)")
         for key in sorted(set(entry["recipe"]) & set(MODEL_KEYS)):
             yield (f"inits.{name}.recipe.{key}: the model definition is a key of the init itself "
                    f"(inits.{name}.{key}), not of its recipe")
@@ -154,6 +166,14 @@ def _cross_check(config: dict):
                     f"tasks.{tname}.inits: unknown init {init!r}; use one of {sorted(BUILTIN_INITS)} "
                     f"or name a checkpoint under the top-level 'inits:' key"
                 )
+                continue
+            from fundusfm.train.config import resolve_hparams
+
+            try:  # the hyper-parameters each init's runs will train with, checked now
+                resolve_hparams(hparams(config, tname, init))
+            except ValueError as exc:
+                where = f"inits.{init}.recipe / " if init in named else ""
+                yield f"{where}train / tasks.{tname}.hparams (runs of init {init!r}): {exc}"
         if task["compare_to"] not in task["inits"]:
             yield f"tasks.{tname}.compare_to: {task['compare_to']!r} is not one of the task's inits"
         folds = split_folds(task)

@@ -211,8 +211,11 @@ def timm_config(meta: dict, num_features: int | None, licence: str) -> dict:
                 num_classes=int(meta["num_classes"]), license=licence.lower())
     if "pool_size" in pcfg:
         pcfg.pop("pool_size")  # depends on the input size; timm recomputes what it needs
-    return {"architecture": meta["arch"], "num_classes": int(meta["num_classes"]), "num_features": num_features,
-            "label_names": list(meta["classes"]), "pretrained_cfg": pcfg}
+    out = {"architecture": meta["arch"], "num_classes": int(meta["num_classes"]), "num_features": num_features,
+           "label_names": list(meta["classes"]), "pretrained_cfg": pcfg}
+    if base.get("fixed_input_size"):  # ViTs: timm rebuilds them at the trained size, not the arch's default
+        out["model_args"] = {"img_size": size}
+    return out
 
 
 def build_config(meta: dict, spec: dict, *, num_features: int | None, training: dict, metrics: dict,
