@@ -31,21 +31,21 @@ torch.set_num_threads(1)
 
 # ----------------------------------------------------------------------------- a trained model, small
 
-def make_run(root: Path, head: str, seed: int = 0) -> Path:
+def make_run(root: Path, head: str, seed: int = 0, arch: str = ARCH, img: int = IMG) -> Path:
     """A training output of the contract (model.safetensors + model.json) of a real timm model."""
     torch.manual_seed(seed)
-    model = create(ARCH, len(CLASSES), head, "random", img_size=IMG).eval()
+    model = create(arch, len(CLASSES), head, "random", img_size=img).eval()
     with torch.no_grad():  # non-trivial BatchNorm statistics, so eval mode matters
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d):
                 m.running_mean.uniform_(-0.1, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
-    run = root / f"run_{head}"
+    run = root / f"run_{head}_{arch}"
     run.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(run / "model.safetensors"))
-    meta = {"arch": ARCH, "head": head, "num_classes": 2, "classes": CLASSES, "task_type": "binary",
+    meta = {"arch": arch, "head": head, "num_classes": 2, "classes": CLASSES, "task_type": "binary",
             "task": {"type": "binary", "label": "abnormal", "classes": CLASSES, "name": "pretrain"},
-            "img_size": IMG, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "init": "random"}
+            "img_size": img, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "init": "random"}
     (run / "model.json").write_text(json.dumps(meta))
     return run
 
@@ -126,6 +126,20 @@ def test_model_card_says_intended_use_licence_and_preprocessing(paper_release):
 
 
 # ----------------------------------------------------------------------------- plain timm
+
+
+def test_plain_timm_rebuilds_a_vit_release_at_its_trained_size(tmp_path):
+    """A ViT has a fixed input size: plain timm would build the arch's default (160 px for
+    test_vit) and refuse the trained 64 px, so config.json carries model_args.img_size."""
+    spec = tmp_path / "preprocess_spec.json"
+    spec.write_text(json.dumps(asdict(PreprocessSpec(size=SIZE))))
+    rel_dir = export(make_run(tmp_path, "timm", arch="test_vit", img=64), tmp_path / "rel", preprocess_spec=spec,
+                     n_boot=0)
+    assert json.loads((rel_dir / "config.json").read_text())["model_args"] == {"img_size": 64}
+    plain = timm.create_model(f"local-dir:{rel_dir}", pretrained=True).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(plain(x), load_model(rel_dir).model(x), atol=1e-6)
 
 def test_plain_timm_loads_the_full_classifier_with_identical_logits(timm_release):
     rel = load_model(timm_release)
