@@ -124,7 +124,7 @@ def infer_main(argv: list[str] | None = None) -> int:
     from fundusfm.fileio import write_csv
     from fundusfm.models.io import load_trained, resolve_device
     from fundusfm.task import TaskSpec, predictions_frame
-    from fundusfm.train.data import encode_targets, read_task_table
+    from fundusfm.train.sets import encode_targets, read_task_table
     from fundusfm.train.infer import predict_paths
 
     device = torch.device("cpu") if a.gpus == 0 else resolve_device(a.device)
