@@ -48,8 +48,8 @@ from fundusfm.train.data import (
     sample_weights,
 )
 from fundusfm.train.metrics import effective_monitor, is_better, monitor_value
-from fundusfm.train.sets import encode_targets, mix_seed, read_task_table, select_sets
 from fundusfm.train.resume import STATE_FILE, ResumeError, load_state, save_state
+from fundusfm.train.sets import MODEL_INIT_SALT, encode_targets, mix_seed, read_task_table, select_sets
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ class Trainer:
         self.targets = {k: encode_targets(v, self.task, f"{spec.table} [{k}]") for k, v in self.sets.items()}
         log.info("rows: %s", {k: len(v) for k, v in self.sets.items()})
 
-        torch.manual_seed(mix_seed(spec.seed, 0xC0FFEE))
+        torch.manual_seed(mix_seed(spec.seed, MODEL_INIT_SALT))
         self.model = build(hp, self.task.num_outputs)
         self.state = self._load_resume()
         if self.state is None:

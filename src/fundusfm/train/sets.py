@@ -22,8 +22,11 @@ from fundusfm.task import TaskSpec
 log = logging.getLogger("fundusfm.train")
 
 ROLES = ("train", "val", "test", "external", "excluded")
-# seed salt of the validation subset under a label fraction (the training subset uses the run's seed)
+# seed salts of a run's random draws (mix_seed(seed, salt)): the validation subset under a
+# label fraction (the training subset uses the run's seed itself), and the random
+# initialisation of its model (a fine-tune and `fundusfm embed` of init random draw the same)
 VAL_FRACTION_SALT = 0x7A1
+MODEL_INIT_SALT = 0xC0FFEE
 
 
 def mix_seed(*parts: int) -> int:
