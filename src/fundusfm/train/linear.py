@@ -219,6 +219,15 @@ def _check_c_values(c_values) -> list[float]:
     return vals
 
 
+def probe_sets(spec: ProbeSpec) -> dict[str, pd.DataFrame]:
+    """train / val / test rows of the run: :func:`~fundusfm.train.sets.select_sets` with the
+    run's fold, fraction, seed and hparams, as the fine-tune of the same run key selects
+    them (image files are not needed: features are joined on ``image`` instead)."""
+    df, col = read_task_table(spec.table, spec.fold)
+    return select_sets(df, col, table=spec.table, task=spec.task, fraction=spec.fraction, seed=spec.seed,
+                       hparams=spec.hparams, check_files=False)
+
+
 def run_probe(spec: ProbeSpec) -> dict:
     """Fit the probe of one run and write its outputs into ``spec.out`` (all or nothing):
     predictions_val.csv, predictions_test.csv, probe.json, history.csv,
@@ -233,9 +242,8 @@ def run_probe(spec: ProbeSpec) -> dict:
     c_values = _check_c_values(spec.c_values)
     if not isinstance(spec.max_iter, int) or spec.max_iter < 1:
         raise ProbeError(f"max_iter must be a positive integer, got {spec.max_iter!r}")
-    df, col = read_task_table(spec.table, spec.fold)
-    sets = select_sets(df, col, table=spec.table, task=task, fraction=spec.fraction, seed=spec.seed, hparams=hp,
-                       check_files=False)
+    sets = probe_sets(spec)
+    col = f"fold{spec.fold}"
     y = {k: encode_targets(v, task, f"{spec.table} [{k}]") for k, v in sets.items()}
     loaded = read_features(spec.features)
     fmeta = loaded[2]
