@@ -36,8 +36,9 @@ from fundusfm.models import create
 from fundusfm.preprocess.io import FORMATS, write_image
 from fundusfm.task import TaskSpec
 from fundusfm.train.config import DEFAULT_AUGMENT, resolve_hparams
-from fundusfm.train.data import CpuAugment, FundusDataset, mix_seed
+from fundusfm.train.data import CpuAugment, FundusDataset
 from fundusfm.train.engine import RunSpec, Trainer
+from fundusfm.train.sets import mix_seed
 
 TASK = {"type": "binary", "label": "abnormal", "classes": ["n", "a"]}
 

@@ -17,7 +17,8 @@ from fundusfm.preprocess.io import FORMATS, encode_image, write_image
 from fundusfm.preprocess.pipeline import PreprocessSpec
 from fundusfm.release.loading import model_input
 from fundusfm.train.config import DEFAULT_AUGMENT
-from fundusfm.train.data import CpuAugment, GpuAugment, augment_params, load_image, mix_seed
+from fundusfm.train.data import CpuAugment, GpuAugment, augment_params, load_image
+from fundusfm.train.sets import mix_seed
 
 OFF = {**DEFAULT_AUGMENT, "hflip": 0, "vflip": 0, "rotation": 0, "scale_min": 1.0, "ratio": [1.0, 1.0],
        "brightness": 0, "contrast": 0, "saturation": 0, "hue": 0}

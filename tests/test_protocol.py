@@ -9,7 +9,7 @@ import pytest
 from fundusfm.data.splits import _patient_strata, label_fraction_mask, patient_key
 from fundusfm.task import TaskSpec
 from fundusfm.train.config import resolve_hparams
-from fundusfm.train.engine import RunSpec, select_sets
+from fundusfm.train.sets import select_sets
 
 TASK = {"type": "binary", "label": "abnormal", "classes": ["normal", "abnormal"]}
 
@@ -29,14 +29,13 @@ def _table(tmp_path, n_train=400, n_val=200, prevalence=0.3):
 
 
 def _spec(fraction, **hp):
-    return RunSpec(table="t.csv", fold=0, fraction=fraction, seed=0, task=TaskSpec.from_dict(TASK), init="random",
-                   hparams=resolve_hparams(hp), out="o")
+    return dict(table="t.csv", fraction=fraction, seed=0, task=TaskSpec.from_dict(TASK), hparams=resolve_hparams(hp))
 
 
 def test_label_fraction_shrinks_validation_too_above_the_floor(tmp_path):
     df = _table(tmp_path)
-    full = select_sets(df, "fold0", _spec(1.0))
-    tenth = select_sets(df, "fold0", _spec(0.1))
+    full = select_sets(df, "fold0", **_spec(1.0))
+    tenth = select_sets(df, "fold0", **_spec(0.1))
     n_full = patient_key(full["val"]).nunique()
     n_tenth = patient_key(tenth["val"]).nunique()
     assert n_full == 200
@@ -46,16 +45,16 @@ def test_label_fraction_shrinks_validation_too_above_the_floor(tmp_path):
     # the training set shrinks as before, and validation patients stay out of it
     assert 36 <= patient_key(tenth["train"]).nunique() <= 44
     # nested: the 10% validation patients are among the 50% ones
-    half = select_sets(df, "fold0", _spec(0.5))
+    half = select_sets(df, "fold0", **_spec(0.5))
     assert set(tenth["val"]["patient_id"]) <= set(half["val"]["patient_id"])
 
 
 def test_validation_floor_and_the_full_validation_option(tmp_path):
     df = _table(tmp_path, n_val=20, prevalence=0.25)  # 5 positive, 15 negative validation patients
-    tiny = select_sets(df, "fold0", _spec(0.1, val_min_patients=3))
+    tiny = select_sets(df, "fold0", **_spec(0.1, val_min_patients=3))
     per_class = tiny["val"].groupby("abnormal")["patient_id"].nunique().to_dict()
     assert per_class == {0: 3, 1: 3}  # the floor, not round(0.1 * n)
-    kept = select_sets(df, "fold0", _spec(0.1, val_labels="full"))
+    kept = select_sets(df, "fold0", **_spec(0.1, val_labels="full"))
     assert patient_key(kept["val"]).nunique() == 20
     with pytest.raises(ValueError, match="val_labels"):
         resolve_hparams({"val_labels": "half"})

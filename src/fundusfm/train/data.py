@@ -1,4 +1,5 @@
-"""Images and labels from a task table, fundus augmentation, and epoch-seeded samplers.
+"""Images of a task table, fundus augmentation, and epoch-seeded samplers (the rows and
+their targets: :mod:`fundusfm.train.sets`).
 
 Reproducibility design: every random choice of an epoch is a pure function of
 ``(seed, epoch, position)`` -- the sample order comes from a generator seeded by
@@ -15,64 +16,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
 from fundusfm.task import TaskSpec
-
-
-def mix_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (SplitMix-style), stable across processes."""
-    h = 0x9E3779B97F4A7C15
-    for p in parts:
-        h = (h ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
-        h ^= h >> 31
-    return h & 0x7FFFFFFFFFFFFFFF
-
-
-def encode_targets(df: pd.DataFrame, task: TaskSpec, table: str = "task table") -> np.ndarray:
-    """Targets per row: int class indices (single-label) or float 0/1/NaN (multilabel).
-
-    Single-label rows must be labelled; an unknown or out-of-range label raises naming
-    the table, row and column (the split stage marks unlabelled images ``excluded``).
-    """
-    missing = [c for c in task.columns if c not in df.columns]
-    if missing:
-        raise ValueError(f"{table}: label column(s) {missing} not found (columns: {list(df.columns)})")
-    if task.multilabel:
-        vals = df[list(task.columns)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float32)
-        bad = ~np.isnan(vals) & ~np.isin(vals, (0.0, 1.0))
-        if bad.any():
-            r, c = np.argwhere(bad)[0]
-            raise ValueError(f"{table}: row {file_row(df.index[r])} ({_row_name(df, r)}) column {task.columns[c]!r}: "
-                             f"multilabel values must be 0/1, got {vals[r, c]}")
-        return vals
-    col = task.columns[0]
-    vals = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=np.float64)
-    bad = np.isnan(vals) | (vals != np.round(vals)) | (vals < 0) | (vals >= task.num_outputs)
-    if bad.any():
-        r = int(np.flatnonzero(bad)[0])
-        raise ValueError(
-            f"{table}: row {file_row(df.index[r])} ({_row_name(df, r)}) column {col!r}: label {df[col].iloc[r]!r} is "
-            f"not a class index 0..{task.num_outputs - 1} ({bad.sum()} such rows); unlabelled rows must be "
-            "'excluded' in the fold column"
-        )
-    return vals.astype(np.int64)
-
-
-def file_row(label) -> int:
-    """Row number in the CSV file (as a spreadsheet shows it: the header is row 1) of the
-    table row with index label ``label``. Task tables are read with pandas' default index,
-    kept through every selection, so label ``i`` is data row ``i``, file row ``i + 2``."""
-    return int(label) + 2
-
-
-def _row_name(df: pd.DataFrame, r: int) -> str:
-    row = df.iloc[r]
-    return f"{row.get('dataset', '?')}/{row.get('image_id', '?')}"
+from fundusfm.train.sets import mix_seed
 
 
 _CV_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)  # OpenCV >= 4.11 decodes straight to RGB
@@ -349,22 +299,3 @@ def sample_weights(targets: np.ndarray, task: TaskSpec) -> np.ndarray:
     w = np.where(pos, 1.0 / pos_counts, 0.0).max(1)
     w[neg_only] = 1.0 / max(neg_only.sum(), 1)
     return w
-
-
-def read_task_table(path: str, fold: int) -> tuple[pd.DataFrame, str]:
-    """The task table and its fold column name; errors name the file and the key."""
-    df = pd.read_csv(path, dtype={"image_id": str, "patient_id": str, "dataset": str, "eye": str},
-                     keep_default_na=True)
-    col = f"fold{fold}"
-    need = ["dataset", "image_id", "patient_id", "image", col]
-    missing = [c for c in need if c not in df.columns]
-    if missing:
-        raise ValueError(f"{path}: column(s) {missing} missing (have {list(df.columns)})")
-    roles = {"train", "val", "test", "external", "excluded"}
-    bad = ~df[col].isin(roles)
-    if bad.any():
-        r = int(np.flatnonzero(bad.to_numpy())[0])
-        raise ValueError(f"{path}: row {file_row(r)} column {col!r}: role {df[col].iloc[r]!r} not in {sorted(roles)}")
-    if "eye" not in df.columns:
-        df["eye"] = "U"
-    return df, col

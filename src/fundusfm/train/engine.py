@@ -45,14 +45,11 @@ from fundusfm.train.data import (
     FundusDataset,
     GpuAugment,
     ShardBatchSampler,
-    encode_targets,
-    file_row,
-    mix_seed,
-    read_task_table,
     sample_weights,
 )
-from fundusfm.train.metrics import is_better, monitor_value
+from fundusfm.train.metrics import effective_monitor, is_better, monitor_value
 from fundusfm.train.resume import STATE_FILE, ResumeError, load_state, save_state
+from fundusfm.train.sets import MODEL_INIT_SALT, encode_targets, mix_seed, read_task_table, select_sets
 
 log = logging.getLogger(__name__)
 
@@ -92,57 +89,6 @@ class RunSpec:
         for volatile in ("device", "workers", "out"):
             d.pop(volatile)
         return d
-
-
-# ----------------------------------------------------------------------------- data
-
-
-def select_sets(df: pd.DataFrame, col: str, spec: RunSpec) -> dict[str, pd.DataFrame]:
-    """train / val / test / external_<ds> rows of the table.
-
-    A label fraction applies to the labelled development data, train *and* validation
-    alike (a label-scarce user has no full validation set either): each keeps about
-    ``fraction`` of its patients (split groups), stratified and nested across fractions.
-    Validation keeps at least ``hparams.val_min_patients`` patients per stratum (or all
-    of a smaller stratum) so that early stopping and the threshold still see every class.
-    ``hparams.val_labels: full`` keeps the whole validation set instead (named in
-    ``train_config.json`` and in the study table's protocol card).
-    """
-    from fundusfm.data.splits import label_fraction_mask, stratum
-
-    sets: dict[str, pd.DataFrame] = {}
-    train = df[df[col] == "train"]
-    val = df[df[col] == "val"]
-    if spec.fraction < 1:
-        task = spec.task.as_dict()
-        keep = label_fraction_mask(train, spec.fraction, spec.seed, stratum(train, task))
-        log.info("label fraction %.3g: %d of %d training images", spec.fraction, keep.sum(), len(train))
-        train = train[keep]
-        if spec.hparams.get("val_labels", "fraction") == "fraction" and len(val):
-            vkeep = label_fraction_mask(val, spec.fraction, mix_seed(spec.seed, 0x7A1), stratum(val, task),
-                                        min_per_stratum=int(spec.hparams.get("val_min_patients", 2)))
-            log.info("label fraction %.3g: %d of %d validation images (floor %s patients per stratum)",
-                     spec.fraction, vkeep.sum(), len(val), spec.hparams.get("val_min_patients", 2))
-            val = val[vkeep]
-    sets["train"] = train
-    sets["val"] = val
-    sets["test"] = df[df[col] == "test"]
-    ext = df[df[col] == "external"]
-    for ds in spec.external:
-        rows = ext[ext["dataset"] == ds]
-        if rows.empty:
-            raise ValueError(f"{spec.table}: no rows of external dataset {ds!r} in {col} "
-                             f"(external datasets there: {sorted(ext['dataset'].unique())})")
-        sets[f"external_{ds}"] = rows
-    if sets["train"].empty:
-        raise ValueError(f"{spec.table}: no 'train' rows in {col}")
-    for name, rows in sets.items():
-        absent = [p for p in rows["image"] if not Path(p).is_file()]
-        if absent:
-            r = file_row(rows.index[rows["image"] == absent[0]][0])
-            raise FileNotFoundError(f"{spec.table}: row {r} ({name}) image {absent[0]!r} not found "
-                                    f"({len(absent)} missing in {name}; paths are relative to {os.getcwd()})")
-    return sets
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -215,11 +161,12 @@ class Trainer:
     def _setup(self) -> None:
         spec, hp = self.spec, self.hp
         df, col = read_task_table(spec.table, spec.fold)
-        self.sets = select_sets(df, col, spec)
+        self.sets = select_sets(df, col, table=spec.table, task=self.task, fraction=spec.fraction, seed=spec.seed,
+                                hparams=hp, external=spec.external)
         self.targets = {k: encode_targets(v, self.task, f"{spec.table} [{k}]") for k, v in self.sets.items()}
         log.info("rows: %s", {k: len(v) for k, v in self.sets.items()})
 
-        torch.manual_seed(mix_seed(spec.seed, 0xC0FFEE))
+        torch.manual_seed(mix_seed(spec.seed, MODEL_INIT_SALT))
         self.model = build(hp, self.task.num_outputs)
         self.state = self._load_resume()
         if self.state is None:
@@ -265,26 +212,17 @@ class Trainer:
         self.monitor, self.monitor_note = self._resolve_monitor()
 
     def _resolve_monitor(self) -> tuple[str, str]:
-        """The metric that selects epochs: ``hparams.monitor``, or the validation loss when
-        that metric is undefined on this validation set whatever the model predicts (one
-        class only, a class absent: the policy of fundusfm.evaluate.metrics). Decided from
-        the validation labels alone, so a resumed run decides the same; warned in the log
-        and recorded in every history row (column ``monitor_fallback``: 1 = selected on the
-        validation loss because the asked-for metric is undefined; numeric, as MLflow wants)."""
+        """The metric that selects epochs (:func:`~fundusfm.train.metrics.effective_monitor`);
+        a fallback is warned in the log and recorded in every history row (column
+        ``monitor_fallback``: 1 = selected on the validation loss because the asked-for
+        metric is undefined; numeric, as MLflow wants)."""
         wanted = self.hp["monitor"]
-        y = self.targets.get("val")
-        if wanted == "loss" or self.val_loader is None or y is None or not len(y):
-            return wanted, wanted
-        rng = np.random.default_rng(0)
-        probe = rng.random((len(y), self.task.num_outputs))
-        if not self.task.multilabel:
-            probe = probe / probe.sum(1, keepdims=True)
-        if math.isnan(monitor_value(wanted, self.task, y, probe, 0.0)):
-            note = f"loss (val_{wanted} undefined on this validation set)"
+        y = self.targets.get("val") if self.val_loader is not None else None
+        monitor, note = effective_monitor(wanted, self.task, y)
+        if monitor != wanted:
             log.warning("val_%s is undefined on the validation set (%d images; one class only or a class absent): "
                         "epochs are selected on the validation loss instead", wanted, len(y))
-            return "loss", note
-        return wanted, wanted
+        return monitor, note
 
     def _make_loss(self, y: np.ndarray):
         hp, task = self.hp, self.task

@@ -61,6 +61,24 @@ def _single(name: str, y: np.ndarray, prob: np.ndarray, binary: bool, ordinal: b
     raise ValueError(f"unknown monitor metric {name!r}")
 
 
+def effective_monitor(wanted: str, task: TaskSpec, y_val: np.ndarray | None) -> tuple[str, str]:
+    """The metric that selects epochs (fine-tuning) or C (the linear probe) and its note:
+    ``wanted``, or the validation loss when ``wanted`` is undefined on this validation set
+    whatever the model predicts (one class only, a class absent: the policy of
+    fundusfm.evaluate.metrics). Decided from the validation labels alone (random
+    probabilities stand in for predictions), so a resumed run decides the same. Without
+    validation labels ``wanted`` is returned as is (the caller falls back to training)."""
+    if wanted == "loss" or y_val is None or not len(y_val):
+        return wanted, wanted
+    rng = np.random.default_rng(0)
+    probe = rng.random((len(y_val), task.num_outputs))
+    if not task.multilabel:
+        probe = probe / probe.sum(1, keepdims=True)
+    if math.isnan(monitor_value(wanted, task, y_val, probe, 0.0)):
+        return "loss", f"loss (val_{wanted} undefined on this validation set)"
+    return wanted, wanted
+
+
 def is_better(name: str, new: float, best: float | None) -> bool:
     """Whether ``new`` improves on ``best`` (NaN never improves; first finite value does)."""
     if math.isnan(new):
