@@ -430,3 +430,13 @@ def test_the_documented_init_examples_validate_and_match_fm_comparison(fm):
                 assert entry.get(key, False) == fm["inits"][name].get(key, False), (name, key)
     recipe = examples["retfound-mae"]["recipe"]
     assert recipe.items() <= fm["inits"]["retfound-mae"]["recipe"].items()
+
+
+def test_named_normalisations_are_timms_constants():
+    import timm.data
+
+    from fundusfm.train.config import NORMALISATIONS
+
+    assert NORMALISATIONS["imagenet"] == (timm.data.IMAGENET_DEFAULT_MEAN, timm.data.IMAGENET_DEFAULT_STD)
+    assert NORMALISATIONS["inception"] == (timm.data.IMAGENET_INCEPTION_MEAN, timm.data.IMAGENET_INCEPTION_STD)
+    assert NORMALISATIONS["clip"] == (timm.data.OPENAI_CLIP_MEAN, timm.data.OPENAI_CLIP_STD)

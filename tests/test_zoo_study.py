@@ -44,9 +44,14 @@ def test_one_table_holds_both_models_and_both_adaptations(zoo_study):
                                                         for a in ("finetune", "linear")}
     # paired comparisons against compare_to (random), within each adaptation, on every set
     comp = pd.read_csv(tables / "zoo_comparisons.csv")
-    assert set(comp["init"]) == {"vit"} and set(comp["reference"]) == {"random"}
-    assert set(zip(comp["set"], comp["adaptation"])) >= {("test", "finetune"), ("test", "linear"),
-                                                         ("external_ext", "linear")}
+    same = comp[comp["adaptation"] == comp["reference_adaptation"]]
+    assert set(same["init"]) == {"vit"} and set(same["reference_init"]) == {"random"}
+    assert set(zip(same["set"], same["adaptation"])) == {(s, a) for s in ("test", "external_ext")
+                                                         for a in ("finetune", "linear")}
+    # and each linear probe against its own init's fine-tune
+    probe = comp[comp["adaptation"] != comp["reference_adaptation"]]
+    assert (probe["init"] == probe["reference_init"]).all() and set(probe["adaptation"]) == {"linear"}
+    assert set(probe["init"]) == {"random", "vit"}
     # the models: parameter count, input size and throughput of each init
     models = pd.read_csv(tables / "zoo_models.csv").set_index("init")
     assert models.loc["vit", "arch"] == "test_vit" and int(models.loc["vit", "img_size"]) == 64

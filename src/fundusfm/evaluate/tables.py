@@ -245,6 +245,7 @@ def read_model_facts(paths: Sequence[str | Path]) -> dict[str, dict]:
         if not isinstance(rec, dict):
             raise ValueError(f"{path}: model facts must be a JSON object (keys init, arch, params, ...), "
                              f"got {type(rec).__name__}")
+        rec = _flat_facts(rec)
         init = str(rec.get("init") or path.stem)
         if init in out:
             raise ValueError(f"two model-facts files for init {init!r}: {where[init]} and {path}")
@@ -252,9 +253,25 @@ def read_model_facts(paths: Sequence[str | Path]) -> dict[str, dict]:
     return out
 
 
+def _flat_facts(rec: dict) -> dict:
+    """A model-facts record (``fundusfm model-facts``: ``params_total``, and the measured
+    ``throughput`` as an object) as the flat :data:`FACT_KEYS` of a table row."""
+    out = dict(rec)
+    if "params" not in out and "params_total" in out:
+        out["params"] = out["params_total"]
+    speed = out.get("throughput")
+    if isinstance(speed, dict):
+        out.setdefault("throughput_img_s", speed.get("images_per_s"))
+        device = speed.get("device")
+        name = speed.get("device_name")
+        out.setdefault("device", f"{device} ({name})" if device and name and name != device else device or name)
+        out.setdefault("torch_threads", speed.get("torch_threads"))
+    return out
+
+
 def normalisation_name(mean, std) -> str | None:
     """The name of a normalisation (``imagenet``, ``inception``, ``clip``, ``none`` of
-    :data:`fundusfm.models.factory.NORMALISATIONS`) or its numbers; None when unknown."""
+    :data:`fundusfm.train.config.NORMALISATIONS`) or its numbers; None when unknown."""
     if mean is None or std is None:
         return None
     if isinstance(mean, str) and isinstance(std, str) and mean == std:
@@ -263,7 +280,7 @@ def normalisation_name(mean, std) -> str | None:
         m, sd = [float(x) for x in mean], [float(x) for x in std]
     except (TypeError, ValueError):
         return f"mean {mean}, std {std}"
-    from fundusfm.models.factory import NORMALISATIONS  # timm constants (imported only here)
+    from fundusfm.train.config import NORMALISATIONS
 
     for name, (nm, ns) in NORMALISATIONS.items():
         if all(math.isclose(a, b, abs_tol=5e-4) for a, b in zip([*m, *sd], [*nm, *ns])):

@@ -17,6 +17,8 @@ import timm
 import torch
 from torch import nn
 
+from fundusfm.train.config import NORMALISATIONS
+
 log = logging.getLogger(__name__)
 
 HEADS = ("timm", "paper")
@@ -170,13 +172,6 @@ def default_mean_std(model: nn.Module) -> tuple[list[float], list[float]]:
     return [float(x) for x in cfg["mean"]], [float(x) for x in cfg["std"]]
 
 
-# named input normalisations (images scaled to [0, 1] first); the constants are timm's
-NORMALISATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "imagenet": (timm.data.IMAGENET_DEFAULT_MEAN, timm.data.IMAGENET_DEFAULT_STD),
-    "inception": (timm.data.IMAGENET_INCEPTION_MEAN, timm.data.IMAGENET_INCEPTION_STD),  # 0.5 / 0.5
-    "clip": (timm.data.OPENAI_CLIP_MEAN, timm.data.OPENAI_CLIP_STD),
-    "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
-}
 
 
 def input_norm(model: nn.Module | None, mean=None, std=None) -> tuple[list[float], list[float]]:

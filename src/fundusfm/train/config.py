@@ -54,6 +54,16 @@ DEFAULT_HPARAMS: dict = {
     "log_every": 50,  # steps between progress logs / NaN checks
 }
 
+# Named input normalisations of hparams mean/std (images scaled to [0, 1] first): timm's
+# constants (timm.data IMAGENET_DEFAULT_*, IMAGENET_INCEPTION_*, OPENAI_CLIP_*; a test
+# checks they are equal), written out so that reading a config or a table needs no torch.
+NORMALISATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "inception": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+    "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+}
+
 HPARAM_CHOICES = {
     "head": ("timm", "paper"),
     "mode": ("full", "linear_probe"),
