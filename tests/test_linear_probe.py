@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
@@ -21,6 +22,7 @@ from fundusfm.task import read_predictions  # noqa: E402
 from fundusfm.train.features import write_features  # noqa: E402
 from fundusfm.train.linear import ABSENT_CLASS_PROB, load_probe, predict_probe  # noqa: E402
 
+torch.set_num_threads(1)  # the fine-tunes here: one thread is faster on a loaded 2-core machine
 MULTICLASS = {"type": "multiclass", "label": "grade", "classes": ["none", "mild", "severe"]}
 ORDINAL = {**MULTICLASS, "type": "ordinal"}
 MULTILABEL = {"type": "multilabel", "labels": ["dr", "amd", "rare"]}
@@ -309,3 +311,33 @@ def test_the_probe_is_deterministic(tmp_path):
         for row in p["sweep"]:
             row.pop("fit_s")
     assert a == b
+
+
+def test_an_undefined_validation_metric_selects_c_on_the_validation_loss(tmp_path):
+    rng = np.random.default_rng(10)
+    roles = _roles(40, 10, 10)
+    y = np.tile([0, 1], 30)
+    y[40:50] = 0  # validation of one class: its AUROC is undefined whatever the model says
+    x = (rng.normal(size=(60, 4)) + y[:, None]).astype(np.float32)
+    table, feats = _study(tmp_path, {"abnormal": y}, roles, x)
+    assert _probe(table, feats, tmp_path / "run", BINARY) == 0
+    meta = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert meta["monitor"] == "loss" and meta["monitor_requested"] == "auroc" and "undefined" in meta["monitor_note"]
+    hist = pd.read_csv(tmp_path / "run" / "history.csv")
+    assert (hist["monitor_fallback"] == 1).all() and hist["val_auroc"].isna().all()
+    assert meta["best_c"] == hist["c"][hist["val_loss"].idxmin()]
+
+
+def test_infer_of_a_finetune_still_predicts_from_the_images(tmp_path):
+    table = make_task_table(tmp_path, n=24, n_external=6)
+    out = tmp_path / "ft"
+    assert main(["train", "--table", str(table), "--task-json", BINARY_TASK, "--init", "random", "--hparams-json",
+                 tiny_hparams(epochs=1), "--external", "ext", "--device", "cpu", "--workers", "0",
+                 "--out", str(out)]) == 0
+    pred = tmp_path / "ext.csv"
+    assert main(["infer", "--model-dir", str(out), "--table", str(table), "--dataset", "ext", "--gpus", "0",
+                 "--out", str(pred)]) == 0
+    got, want = read_predictions(pred, BINARY), read_predictions(out / "predictions_external_ext.csv", BINARY)
+    assert list(got["image_id"]) == list(want["image_id"])
+    np.testing.assert_allclose(got[["prob_normal", "prob_abnormal"]], want[["prob_normal", "prob_abnormal"]],
+                               atol=1e-5)

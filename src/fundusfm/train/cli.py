@@ -165,11 +165,14 @@ def infer_main(argv: list[str] | None = None) -> int:
         from fundusfm.train.features import FeaturesError
         from fundusfm.train.linear import ProbeError, predict_rows
 
-        meta = json.loads((Path(a.model_dir) / "model.json").read_text())
         try:
+            meta = json.loads((Path(a.model_dir) / "model.json").read_text())
             prob = predict_rows(a.model_dir, rows, a.features, what=f"{a.table} (external {a.dataset}, {col})")
-        except (FeaturesError, ProbeError) as exc:
+        except (FeaturesError, ProbeError, FileNotFoundError) as exc:
             print(f"fundusfm infer: {exc}", file=sys.stderr)
+            return 1
+        except json.JSONDecodeError as exc:
+            print(f"fundusfm infer: {Path(a.model_dir) / 'model.json'}: not valid JSON ({exc})", file=sys.stderr)
             return 1
         where = "probe"
     else:
@@ -198,8 +201,7 @@ def embed_main(argv: list[str] | None = None) -> int:
     User mode: ``--model DIR IMAGES...`` embeds image files and folders with a training
     output (processed images) or a release folder (raw photographs, preprocessed as the
     release's study did). See docs/linear-probe.md."""
-    p = argparse.ArgumentParser(prog="fundusfm embed", description=embed_main.__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="fundusfm embed", description=embed_main.__doc__)
     p.add_argument("images", nargs="*", help="user mode: image files or folders (jpg, jpeg, png, tif; recursive)")
     p.add_argument("--model", default=None, help="user mode: training output folder or release folder")
     p.add_argument("--table", default=None, help="workflow mode: task table whose images to embed")

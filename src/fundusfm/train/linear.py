@@ -178,7 +178,7 @@ class _Fitter:
         count and whether every fit converged."""
         from sklearn.exceptions import ConvergenceWarning
 
-        n_iter, converged = 0, True
+        n_iter = 0
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)
             if self.task.multilabel:
@@ -200,6 +200,9 @@ class _Fitter:
                 model = {"type": "softmax" if len(self.fitted) > 2 else "logistic", "fitted_classes": self.fitted,
                          "coef": self.lr.coef_.tolist(), "intercept": self.lr.intercept_.tolist()}
         converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+        for w in caught:  # non-convergence is recorded per C; anything else is shown as usual
+            if not issubclass(w.category, ConvergenceWarning):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         return model, n_iter, converged
 
 
