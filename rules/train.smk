@@ -108,7 +108,8 @@ rule predict_external:
 
 rule embed:
     """Frozen features of one init over a task's images, extracted once: the development
-    table (part dev) or one external table; every linear probe of that init reads them."""
+    table (part dev) or one external table; every linear probe of that init reads them.
+    """
     input:
         table=embed_table,
         init=init_checkpoint,
@@ -136,7 +137,8 @@ rule embed:
 
 rule linear_probe:
     """Linear probe of one run of the grid: the same rows as the fine-tune of that fold,
-    fraction and seed, a logistic regression on the frozen features, C chosen on validation."""
+    fraction and seed, a logistic regression on the frozen features, C chosen on validation.
+    """
     input:
         table=f"{R}/splits/{{task}}.csv",
         features=f"{R}/features/{{task}}/{{init}}/dev.parquet",
