@@ -353,7 +353,8 @@ def _throughput_text(row) -> str:
     if _defined(row.get("device")):
         text += f" on {row['device']}"
         if _defined(row.get("torch_threads")) and str(row["device"]).startswith("cpu"):
-            text += f" ({int(row['torch_threads'])} threads)"
+            n = int(row["torch_threads"])
+            text += f" ({n} thread{'s' if n != 1 else ''})"
     return text
 
 
