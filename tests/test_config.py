@@ -52,11 +52,17 @@ def test_named_checkpoint_init_becomes_cli_args():
     assert fcfg.init_args(c, "fundus")[1] == "checkpoint:results/pretrain/random/model.safetensors"
 
 
-def test_run_grid_is_task_init_fold_fraction_seed():
+def test_run_grid_is_task_init_adaptation_fold_fraction_seed():
     c = fcfg.validate(demo())
     t = c["tasks"]["multidisease"]
+    assert t["adaptations"] == ["finetune", "linear"]
     grid = fcfg.runs(c, "multidisease")
-    assert len(grid) == len(t["inits"]) * len(t["run_folds"]) * len(t["fractions"]) * len(t["seeds"])
+    per_adaptation = len(t["inits"]) * len(t["run_folds"]) * len(t["fractions"]) * len(t["seeds"])
+    assert len(fcfg.runs(c, "multidisease", adaptation="finetune")) == per_adaptation
+    # a linear probe on all labels is deterministic: its first seed only (no copies counted as replicates)
+    linear = fcfg.runs(c, "multidisease", adaptation="linear")
+    assert {(r.fraction, r.seed) for r in linear} == {("0.1", 0), ("0.1", 1), ("1", 0)}
+    assert len(grid) == per_adaptation + len(linear)
     assert {r.fraction for r in grid} == {"0.1", "1"}
     assert fcfg.pretrain_sources(c) == ["random"]
     assert fcfg.eval_sets(t) == ["test", "external_external"]

@@ -134,10 +134,11 @@ def test_hparams_precedence_train_then_task_then_recipe_then_model_definition():
 def test_model_definition_and_recipe_overrides_of_an_init():
     c = _layered()
     assert fcfg.model_definition(c, "drgrade", "vitfm") == {
-        "arch": VIT, "img_size": IMG, "head": c["train"]["head"], "mean": "imagenet", "std": [0.2, 0.3, 0.4]}
+        "arch": VIT, "img_size": IMG, "head": c["train"]["head"], "model_args": {}, "mean": "imagenet",
+        "std": [0.2, 0.3, 0.4]}
     # a builtin init: the task's model, normalisation left to the architecture (None)
     assert fcfg.model_definition(c, "drgrade", "random") == {
-        "arch": "resnet18", "img_size": 96, "head": c["train"]["head"], "mean": None, "std": None}
+        "arch": "resnet18", "img_size": 96, "head": c["train"]["head"], "model_args": {}, "mean": None, "std": None}
     assert fcfg.recipe_overrides(c, "drgrade", "vitfm") == {
         "lr": 3e-4, "layer_decay": 0.65, "drop_path_rate": 0.2, "arch": VIT, "img_size": IMG,
         "mean": "imagenet", "std": [0.2, 0.3, 0.4]}
@@ -440,3 +441,18 @@ def test_named_normalisations_are_timms_constants():
     assert NORMALISATIONS["imagenet"] == (timm.data.IMAGENET_DEFAULT_MEAN, timm.data.IMAGENET_DEFAULT_STD)
     assert NORMALISATIONS["inception"] == (timm.data.IMAGENET_INCEPTION_MEAN, timm.data.IMAGENET_INCEPTION_STD)
     assert NORMALISATIONS["clip"] == (timm.data.OPENAI_CLIP_MEAN, timm.data.OPENAI_CLIP_STD)
+
+
+def test_model_args_are_part_of_the_model_definition():
+    from fundusfm.models.factory import build
+    from fundusfm.train.config import resolve_hparams
+
+    hp = resolve_hparams({"arch": "test_vit", "img_size": 64, "head": "timm", "model_args": {"global_pool": "avg"}})
+    model = build(hp, 2)
+    assert model.global_pool == "avg" and type(model.fc_norm).__name__ == "LayerNorm"
+    assert build(resolve_hparams({"arch": "test_vit", "img_size": 64, "head": "timm"}), 2).global_pool == "token"
+    with pytest.raises(ValueError, match=r"model_args \['img_size'\]: set by fundusfm itself"):
+        build(dict(hp, model_args={"img_size": 32}), 2)
+    with pytest.raises(ValueError, match="model_args must be an object"):
+        resolve_hparams({"model_args": "avg"})
+    assert "model_args" in fcfg.MODEL_KEYS

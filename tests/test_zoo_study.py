@@ -68,6 +68,9 @@ def test_each_init_runs_its_own_model_definition(zoo_study):
     report = vit["init_report"]
     assert report["format"] == "retfound_mae" and not report["partial"] and not report["missing"]
     assert any(k.startswith("decoder_") for k in report["dropped"])  # the MAE decoder
+    # RETFound's fine-tuning model (global_pool avg): fc_norm fresh, the checkpoint's norm unused
+    assert vit["model_args"] == {"global_pool": "avg"} and "fc_norm.weight" in report["fresh"]
+    assert "norm.weight" in report["dropped"]
     cfg = json.loads((runs / "vit" / "finetune" / "fold0" / "frac1" / "seed0" / "train_config.json").read_text())
     assert cfg["hparams"]["lr"] == 0.0005 and cfg["hparams"]["drop_path_rate"] == 0.1  # its recipe
     res = json.loads((runs / "random" / "finetune" / "fold0" / "frac1" / "seed0" / "model.json").read_text())
@@ -78,6 +81,13 @@ def test_each_init_runs_its_own_model_definition(zoo_study):
     feats = sorted(p.relative_to(zoo_study / "results" / "features").as_posix()
                    for p in (zoo_study / "results" / "features").rglob("*.parquet"))
     assert feats == [f"zoo/{i}/{p}.parquet" for i in ("random", "vit") for p in ("dev", "external_ext")]
+
+
+def test_the_released_vit_is_rebuilt_with_its_model_definition(zoo_study):
+    from fundusfm.release import load_model
+
+    rel = load_model(zoo_study / "results" / "release")
+    assert rel.model.global_pool == "avg" and rel.meta["img_size"] == 64 and rel.meta["mean"] == [0.5] * 3
 
 
 def test_the_arms_differences_are_on_the_protocol_card(zoo_study):

@@ -25,7 +25,7 @@ SCHEMA = "schemas/config.schema.yaml"
 PRETRAINED_INITS = {"fundus": "random", "imagenet+fundus": "imagenet"}
 BUILTIN_INITS = {"random", "imagenet", *PRETRAINED_INITS}
 # an init's own model definition: these keys of `inits.<name>` replace the task's hparams
-MODEL_KEYS = ("arch", "img_size", "head", "mean", "std")
+MODEL_KEYS = ("arch", "img_size", "head", "model_args", "mean", "std")
 # inverse regularisation strengths of the linear probe's sweep (chosen on validation)
 LINEAR_PROBE_C = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 

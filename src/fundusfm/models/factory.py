@@ -22,6 +22,9 @@ from fundusfm.train.config import NORMALISATIONS
 log = logging.getLogger(__name__)
 
 HEADS = ("timm", "paper")
+# timm.create_model arguments fundusfm sets itself: never part of model_args
+RESERVED_MODEL_ARGS = {"num_classes", "img_size", "pretrained", "pretrained_cfg", "pretrained_cfg_overlay",
+                       "drop_rate", "drop_path_rate", "checkpoint_path"}
 PAPER_HIDDEN = 512
 IMAGENET_WEIGHTS_ENV = "FUNDUSFM_IMAGENET_WEIGHTS"
 
@@ -110,8 +113,12 @@ def create(
     imagenet_weights: str | os.PathLike | None = None,
     drop_rate: float = 0.0,
     drop_path_rate: float = 0.0,
+    model_args: dict | None = None,
 ) -> nn.Module:
     """Create a timm backbone ``arch`` with ``num_classes`` outputs and the chosen head.
+
+    ``model_args``: further keyword arguments of ``timm.create_model`` that are part of
+    the model's definition (e.g. ``{"global_pool": "avg"}``, RETFound's fine-tuning pool).
 
     ``pretrained_init`` is ``"random"`` or ``"imagenet"``; ImageNet weights come through
     timm's own pretrained loading (HF cache, ``HF_HUB_OFFLINE``), or from a local file
@@ -129,7 +136,12 @@ def create(
         )
     if arch not in timm.list_models():
         raise ValueError(f"unknown timm architecture {arch!r} (see timm.list_models())")
-    kwargs: dict = {"drop_rate": drop_rate} if drop_rate else {}
+    reserved = sorted(set(model_args or {}) & RESERVED_MODEL_ARGS)
+    if reserved:
+        raise ValueError(f"model_args {reserved}: set by fundusfm itself (use img_size / the task / the init)")
+    kwargs: dict = dict(model_args or {})
+    if drop_rate:
+        kwargs["drop_rate"] = drop_rate
     if drop_path_rate:  # stochastic depth (ViTs, ResNets, ...): the recipes of ViT fine-tuning use it
         kwargs["drop_path_rate"] = drop_path_rate
     if pretrained_init == "imagenet":
@@ -198,10 +210,11 @@ def input_norm(model: nn.Module | None, mean=None, std=None) -> tuple[list[float
 
 def build(hp: dict, num_outputs: int) -> nn.Module:
     """The (randomly initialised) model of resolved hyper-parameters ``hp``: its ``arch``,
-    ``head``, ``img_size``, ``drop_rate`` and ``drop_path_rate``. Training, feature
-    extraction and model facts all build a run's model here."""
+    ``head``, ``img_size``, ``model_args``, ``drop_rate`` and ``drop_path_rate``.
+    Training, feature extraction and model facts all build a run's model here."""
     return create(hp["arch"], num_outputs, hp["head"], "random", img_size=hp["img_size"],
-                  drop_rate=hp.get("drop_rate") or 0.0, drop_path_rate=hp.get("drop_path_rate") or 0.0)
+                  drop_rate=hp.get("drop_rate") or 0.0, drop_path_rate=hp.get("drop_path_rate") or 0.0,
+                  model_args=hp.get("model_args"))
 
 
 @torch.no_grad()

@@ -30,7 +30,8 @@ def load_trained(out_dir: str | Path, device: str | torch.device = "cpu") -> tup
     for key in ("arch", "head", "num_classes"):
         if key not in meta:
             raise KeyError(f"{meta_path}: key {key!r} missing")
-    model = create(meta["arch"], int(meta["num_classes"]), meta["head"], "random", img_size=meta.get("img_size"))
+    model = create(meta["arch"], int(meta["num_classes"]), meta["head"], "random", img_size=meta.get("img_size"),
+                   model_args=meta.get("model_args"))
     state = load_file(str(weights_path))
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:

@@ -213,8 +213,11 @@ def timm_config(meta: dict, num_features: int | None, licence: str) -> dict:
         pcfg.pop("pool_size")  # depends on the input size; timm recomputes what it needs
     out = {"architecture": meta["arch"], "num_classes": int(meta["num_classes"]), "num_features": num_features,
            "label_names": list(meta["classes"]), "pretrained_cfg": pcfg}
+    args = dict(meta.get("model_args") or {})  # the model's definition (e.g. global_pool), as trained
     if base.get("fixed_input_size"):  # ViTs: timm rebuilds them at the trained size, not the arch's default
-        out["model_args"] = {"img_size": size}
+        args["img_size"] = size
+    if args:
+        out["model_args"] = args
     return out
 
 
@@ -228,6 +231,8 @@ def build_config(meta: dict, spec: dict, *, num_features: int | None, training: 
     cfg = timm_config(meta, num_features, licence)
     model = {k: meta[k] for k in META_KEYS}
     model.update(task=meta.get("task"), init=meta.get("init"))
+    if meta.get("model_args"):  # the timm arguments of the model's definition (e.g. global_pool)
+        model["model_args"] = dict(meta["model_args"])
     cfg["fundusfm"] = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "model": model,

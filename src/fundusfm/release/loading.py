@@ -263,7 +263,8 @@ def load_model(release_dir: str | Path, device: str | torch.device = "cpu") -> R
         raise ReleaseError(f"{release_dir / CONFIG_FILE}: key 'fundusfm.preprocessing.preprocess_spec': {e}") from None
     dev = resolve_device(device)
     try:
-        model = create(meta["arch"], int(meta["num_classes"]), meta["head"], "random", img_size=meta["img_size"])
+        model = create(meta["arch"], int(meta["num_classes"]), meta["head"], "random", img_size=meta["img_size"],
+                       model_args=meta.get("model_args"))
     except (RuntimeError, ValueError, KeyError) as e:
         raise ReleaseError(f"{release_dir / CONFIG_FILE}: the model of fundusfm.model (arch {meta['arch']!r}, head "
                            f"{meta['head']!r}) cannot be built: {e}") from None

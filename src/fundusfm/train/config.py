@@ -33,6 +33,7 @@ DEFAULT_HPARAMS: dict = {
     "label_smoothing": 0.0,
     "drop_rate": 0.0,
     "drop_path_rate": 0.0,  # stochastic depth (ViT fine-tuning recipes use 0.1-0.2)
+    "model_args": {},  # further timm.create_model arguments of the model definition, e.g. {global_pool: avg}
     "mean": None,  # input normalisation: 3 numbers or imagenet | inception | clip | none (None: the arch's timm default)
     "std": None,
     "mode": "full",  # 'full' | 'linear_probe'
@@ -91,6 +92,8 @@ def resolve_hparams(given: dict | None) -> dict:
             raise ValueError(f"unknown hparams augment key(s) {bad}; known: {sorted(DEFAULT_AUGMENT)}")
         hp["augment"].update(aug)
     hp.update(given)
+    if not isinstance(hp["model_args"], dict):
+        raise ValueError(f"hparams model_args must be an object (timm.create_model arguments), got {hp['model_args']!r}")
     for key, choices in HPARAM_CHOICES.items():
         if hp[key] not in choices:
             raise ValueError(f"hparams {key}={hp[key]!r}: choose one of {choices}")

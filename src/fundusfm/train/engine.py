@@ -486,8 +486,8 @@ class Trainer:
         meta = {
             "arch": hp["arch"], "head": hp["head"], "num_classes": self.task.num_outputs,
             "classes": list(self.task.names), "task_type": self.task.type, "task": self.task.as_dict(),
-            "img_size": hp["img_size"], "mean": self.mean_std[0], "std": self.mean_std[1],
-            "init": spec.init_name or spec.init, "init_spec": spec.init, "init_report": self.init_report,
+            "img_size": hp["img_size"], "model_args": hp["model_args"], "mean": self.mean_std[0],
+            "std": self.mean_std[1], "init": spec.init_name or spec.init, "init_spec": spec.init, "init_report": self.init_report,
             "preprocessing": {"input": "processed fundus image (FOV centred, square, black outside)",
                               "resize": "to img_size: OpenCV area filter when shrinking, bilinear when enlarging",
                               "scale": "1/255", "mean": self.mean_std[0], "std": self.mean_std[1], "channels": "RGB"},
