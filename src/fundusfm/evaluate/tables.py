@@ -208,9 +208,12 @@ def caption(wide: pd.DataFrame, set_name: str, metrics: Sequence[str]) -> str:
                      f"then the evaluated patients with replacement; {int(nb.iloc[0]) if len(nb) else '?'} resamples).")
     refs = {c.split("__diff_vs_")[1] for c in sub.columns if "__diff_vs_" in c}
     if refs - set(ADAPTATIONS):
-        parts.append("Δ: mean paired difference vs the reference init in the same adaptation (a linear probe vs "
-                     "the reference's linear probe, a fine-tune vs its fine-tune; runs paired on fraction, fold and "
-                     "seed) on the same images, p from a paired patient bootstrap.")
+        both = "adaptation" in sub.columns and sub["adaptation"].nunique() > 1
+        same = (" in the same adaptation (a linear probe vs the reference's linear probe, a fine-tune vs its "
+                "fine-tune; runs paired on fraction, fold and seed)" if both else
+                " (runs paired on fraction, fold and seed)")
+        parts.append(f"Δ: mean paired difference vs the reference init{same} on the same images, p from a paired "
+                     "patient bootstrap.")
     if refs & set(ADAPTATIONS):
         parts.append("Δ vs fine-tune: a linear probe's mean paired difference vs the fine-tune of the same init "
                      "(same fraction, fold, seed and images), p from a paired patient bootstrap.")
