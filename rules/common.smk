@@ -163,12 +163,13 @@ def _missing_checkpoints():
 # is set only later, with the executor)
 DRY_RUN = bool(getattr(getattr(workflow, "output_settings", None), "dryrun", False))
 
-if DRY_RUN and _missing_checkpoints():
+MISSING_CHECKPOINTS = _missing_checkpoints() if DRY_RUN else []
+if MISSING_CHECKPOINTS:
     # a dry run plans the study before the weights are fetched and lists what to fetch;
     # a real run refuses to start without them (MissingInputException)
     print(
         "fundusfm: planned without these init checkpoints; put them in place before running:\n"
-        + "\n".join(_missing_checkpoints()),
+        + "\n".join(MISSING_CHECKPOINTS),
         file=sys.stderr,
     )
 
