@@ -403,6 +403,8 @@ def release_cli():
         "--seed",
         str(config["seed"]),
     ]
+    if config["release"].get("sign_key"):
+        args += ["--sign-key", config["release"]["sign_key"]]
     return " ".join(shlex.quote(a) for a in args)
 
 

@@ -36,6 +36,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "register": ("tracking", "register a release in the MLflow model registry"),
     "export": ("release", "export a trained model as a release"),
     "predict": ("release", "predict on new photographs with a release"),
+    "keygen": ("release", "an Ed25519 key pair to sign releases (export --sign-key, predict --trusted-key)"),
 }
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
