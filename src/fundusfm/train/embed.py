@@ -30,6 +30,7 @@ import timm
 import torch
 from torch import nn
 
+from fundusfm import layout
 from fundusfm.models import load_init
 from fundusfm.models.factory import build, input_norm
 from fundusfm.train.features import write_features
@@ -51,7 +52,7 @@ class EmbedError(ValueError):
 
 def build_init_model(hp: dict, num_outputs: int, init: str, *, seed: int = 0, trust_pickle: bool = False,
                      allow_partial: bool = False, checkpoint_format: str = "auto",
-                     key_map: dict | None = None) -> tuple[nn.Module, dict, dict]:
+                     key_map: dict | None = None, conversions=None) -> tuple[nn.Module, dict, dict]:
     """The model a fine-tune of init ``init`` starts from, in eval mode on the CPU, with
     its key report (dict) and its definition (arch, head, img_size, mean, std).
 
@@ -62,7 +63,7 @@ def build_init_model(hp: dict, num_outputs: int, init: str, *, seed: int = 0, tr
     model = build(hp, num_outputs)
     report = load_init(model, init, trust_pickle=trust_pickle, allow_partial=allow_partial,
                        imagenet_weights=hp["imagenet_weights"], checkpoint_format=checkpoint_format,
-                       key_map=key_map or {}, carry_head=hp["carry_head"])
+                       key_map=key_map or {}, carry_head=hp["carry_head"], conversions=conversions)
     mean, std = input_norm(model, hp["mean"], hp["std"])
     definition = {"arch": hp["arch"], "head": hp["head"], "img_size": int(hp["img_size"]), "mean": mean, "std": std}
     return model.eval(), report.to_dict() | {"summary": report.summary()}, definition
@@ -209,7 +210,7 @@ def embed_table(table: str | Path, out: str | Path, *, init: str, hp: dict, num_
     images = table_images(table, part)
     model, report, definition = build_init_model(hp, num_outputs, init, seed=seed, trust_pickle=trust_pickle,
                                                  allow_partial=allow_partial, checkpoint_format=checkpoint_format,
-                                                 key_map=key_map)
+                                                 key_map=key_map, conversions=layout.conversions_dir_of(out))
     batches = _file_batches(images, definition["img_size"], batch_size, workers, device.type == "cuda")
     x, stats = _run(model, batches, definition, device, len(images))
     meta = {"model": definition,

@@ -33,6 +33,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from fundusfm import layout
 from fundusfm.fileio import atomic_write, atomic_write_many
 from fundusfm.models import load_init
 from fundusfm.models.factory import build, input_norm
@@ -174,7 +175,8 @@ class Trainer:
                                          allow_partial=spec.allow_partial,
                                          imagenet_weights=hp["imagenet_weights"],
                                          checkpoint_format=spec.checkpoint_format, key_map=spec.key_map,
-                                         carry_head=hp["carry_head"]).to_dict()
+                                         carry_head=hp["carry_head"],
+                                         conversions=layout.conversions_dir_of(spec.out)).to_dict()
         else:
             self.model.load_state_dict(self.state["model"])
             self.init_report = self.state["init_report"]
