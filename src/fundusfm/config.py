@@ -94,7 +94,8 @@ def _fill_defaults(config: dict) -> None:
     mlflow.setdefault("log_model", False)
     config.setdefault("release", {}).setdefault("licence", "CC-BY-NC-4.0")
     pp = config["preprocess"]
-    for k, v in {"size": 512, "normalise": "none", "format": "jpg", "max_reject_fraction": 0.2}.items():
+    for k, v in {"size": 512, "normalise": "none", "format": "jpg", "max_reject_fraction": 0.2,
+                 "monochrome": "reject", "alpha": "flatten", "max_decode_pixels": 40_000_000}.items():
         pp.setdefault(k, v)
     pt = config["pretrain"]
     pt.setdefault("split", {"strategy": "holdout"})

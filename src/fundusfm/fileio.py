@@ -50,15 +50,19 @@ class OutputError(OSError):
     catch it."""
 
 
-def storage_error(exc: BaseException, path: str | os.PathLike | None = None) -> OutputError | None:
+def storage_error(exc: BaseException, path: str | os.PathLike | None = None, writing: bool = True
+                  ) -> OutputError | None:
     """``exc`` as an :class:`OutputError` naming ``path`` (else the file the error names)
     when it is a storage refusal (:data:`STORAGE_ERRNOS`, or torch's "unexpected pos" /
-    "PytorchStreamWriter failed" of a short write, checked against the free space), else ``None``."""
+    "PytorchStreamWriter failed" of a short write, checked against the free space), else
+    ``None``. ``writing=False``: the error may be a read's (the message then says only
+    the path and the cause)."""
     if isinstance(exc, OutputError):
         return exc
     where = path if path is not None else getattr(exc, "filename", None)
     if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
-        return OutputError(exc.errno, f"cannot write {where}: {STORAGE_ERRNOS[exc.errno]}", str(where))
+        what = f"cannot write {where}" if writing else f"{where}"
+        return OutputError(exc.errno, f"{what}: {STORAGE_ERRNOS[exc.errno]}", str(where))
     text = str(exc)
     if isinstance(exc, RuntimeError) and ("unexpected pos" in text or "PytorchStreamWriter failed" in text
                                           or "inline_container" in text):

@@ -38,7 +38,7 @@ from fundusfm.train.sets import MODEL_INIT_SALT, file_row, mix_seed
 
 log = logging.getLogger("fundusfm.embed")
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+from fundusfm.imagetypes import IMAGE_SUFFIXES  # noqa: E402 - the one list (predict, preprocess, ingest)
 POOLING = "timm forward_features + forward_head(pre_logits=True): the classification head's input"
 DEFINITION_KEYS = ("arch", "head", "img_size", "mean", "std")
 
@@ -226,8 +226,8 @@ def embed_table(table: str | Path, out: str | Path, *, init: str, hp: dict, num_
 
 
 def expand_images(inputs: Sequence[str]) -> list[str]:
-    """Image files of the inputs, in order: a file as given, a folder every
-    ``.jpg/.jpeg/.png/.tif/.tiff`` below it (sorted; hidden files and folders skipped)."""
+    """Image files of the inputs, in order: a file as given, a folder every photograph
+    below it (:data:`fundusfm.imagetypes.IMAGE_SUFFIXES`; sorted; hidden files and folders skipped)."""
     out: list[str] = []
     for item in inputs:
         p = Path(item)

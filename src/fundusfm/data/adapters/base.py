@@ -22,8 +22,10 @@ from typing import Callable
 import pandas as pd
 
 from fundusfm.data.manifest import ManifestError
+from fundusfm.imagetypes import IMAGE_SUFFIXES
 
-IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
+# the one list of photograph suffixes (fundusfm.imagetypes), shared with preprocess and predict
+IMAGE_EXTS = frozenset(IMAGE_SUFFIXES)
 
 
 @dataclass(frozen=True)
