@@ -217,8 +217,9 @@ def main(argv=None) -> int:
     ap.add_argument("--config", default=str(REPO / "tests" / "configs" / "tiny.yaml"))
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--min-delay", type=float, default=4.0, help="seconds after a (re)start before a signal")
-    ap.add_argument("--max-delay", type=float, default=40.0)
+    ap.add_argument("--min-delay", type=float, default=1.0,
+                    help="seconds after the first job of a (re)start is running before a signal")
+    ap.add_argument("--max-delay", type=float, default=25.0)
     ap.add_argument("--keep", action="store_true", help="reuse a finished clean run in WORKDIR/clean")
     a = ap.parse_args(argv)
     rng = random.Random(a.seed)
@@ -251,6 +252,11 @@ def main(argv=None) -> int:
                                 start_new_session=True)
         delay = rng.uniform(a.min_delay, a.max_delay)
         action = rng.choice(ACTIONS)
+        # the clock starts once a job runs (Snakemake's own start-up is not what is tested),
+        # so each round interrupts work and the study cannot finish in a few long rounds
+        started = time.time()
+        while proc.poll() is None and not job_processes(proc.pid) and time.time() - started < 300:
+            time.sleep(0.5)
         try:
             rc = proc.wait(timeout=delay)
         except subprocess.TimeoutExpired:

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fundusfm.imagetypes import IMAGE_SUFFIXES, is_image_name
 
 log = logging.getLogger("fundusfm.predict")
 
@@ -30,9 +29,10 @@ class InputError(ValueError):
 def expand_inputs(inputs: list[str], path_column: str | None = None) -> list[str]:
     """Image paths of the inputs, in order.
 
-    A folder gives every photograph below it (:data:`fundusfm.imagetypes.IMAGE_SUFFIXES`,
-    the list preprocessing reads; sorted; hidden files, e.g. ``.DS_Store``, and other files
-    are skipped and counted in the log), a ``.csv`` file the paths in its column
+    A folder gives every file below it (sorted; hidden files, e.g. ``.DS_Store``, are
+    skipped and counted in the log; a file without a photograph's suffix,
+    :data:`fundusfm.imagetypes.IMAGE_SUFFIXES`, the list preprocessing reads, gets an
+    ``error`` row saying so), a ``.csv`` file the paths in its column
     ``path_column`` (default: the first of ``path``, ``image``, ``file``, ``filename``;
     relative paths are relative to the CSV's folder), anything else is taken as an image
     path, even when missing (its row then says so).
@@ -41,20 +41,15 @@ def expand_inputs(inputs: list[str], path_column: str | None = None) -> list[str
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            files, hidden, other = [], 0, []
+            files, hidden = [], 0
             for f in sorted(p.rglob("*")):
                 rel = f.relative_to(p).parts
                 if any(part.startswith(".") for part in rel):
                     hidden += f.is_file()
-                elif f.is_file() and is_image_name(f):
-                    files.append(str(f))
                 elif f.is_file():
-                    other.append(f.name)
+                    files.append(str(f))
             if hidden:
                 log.info("%s: %d hidden file(s) skipped", p, hidden)
-            if other:
-                log.warning("%s: %d file(s) that are not photographs by their suffix skipped (e.g. %s; image "
-                            "types: %s)", p, len(other), other[:3], " ".join(IMAGE_SUFFIXES))
             if not files:
                 log.warning("%s: folder holds no files", p)
             out += files

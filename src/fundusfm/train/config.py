@@ -89,7 +89,7 @@ _NUMBERS: dict[str, tuple] = {
     "val_min_patients": ("int", 0, None, True, False),
     "patience": ("int", 1, None, True, True),
     "grad_clip": ("real", 0.0, None, False, True),
-    "log_every": ("int", 1, None, True, False),
+    "log_every": ("int", 0, None, True, False),
     "channels_last": ("bool",), "compile": ("bool",), "sync_bn": ("bool",), "deterministic": ("bool",),
 }
 _AUGMENT_NUMBERS: dict[str, tuple] = {
