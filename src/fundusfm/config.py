@@ -145,6 +145,13 @@ def _cross_check(config: dict):
 
         for key in sorted(set(entry["recipe"]) - set(DEFAULT_HPARAMS)):
             yield f"inits.{name}.recipe.{key}: unknown hyper-parameter (known: {', '.join(sorted(DEFAULT_HPARAMS))})"
+    if config["pretrain"]["datasets"] and pretrain_sources(config):
+        from fundusfm.train.config import resolve_hparams
+
+        try:  # the pretraining's hyper-parameters, checked now like every task's
+            resolve_hparams(hparams(config, "pretrain"))
+        except ValueError as exc:
+            yield f"train / pretrain.hparams: {exc}"
     for tname, task in config["tasks"].items():
         for key in ("datasets", "external"):
             for ds in task[key]:
