@@ -37,6 +37,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "export": ("release", "export a trained model as a release"),
     "predict": ("release", "predict on new photographs with a release"),
     "keygen": ("release", "an Ed25519 key pair to sign releases (export --sign-key, predict --trusted-key)"),
+    "check-results": ("audit", "verify a results tree against its recorded digests (what Snakemake cannot see)"),
 }
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
