@@ -144,7 +144,7 @@ def test_unsigned_release_says_integrity_only_in_card_and_predict(unsigned, tmp_
     (tmp_path / "x.jpg").write_bytes(b"not an image")
     assert predict_main([str(tmp_path / "x.jpg"), "--model", str(unsigned), "--out", str(tmp_path / "p.csv"),
                          "--no-progress"]) == 0
-    assert f"release {unsigned}: integrity only, unsigned" in capsys.readouterr().err
+    assert f"(release {unsigned}): integrity only, unsigned" in capsys.readouterr().err
 
 
 def test_predict_refuses_a_re_signed_release_under_trusted_key(made, signed, tmp_path, capsys):

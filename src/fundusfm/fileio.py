@@ -49,6 +49,9 @@ class OutputError(OSError):
     names the file and what to do. An ``OSError``, so handlers of write failures still
     catch it."""
 
+    def __str__(self) -> str:  # the message alone (OSError would add "[Errno N]" and the path again)
+        return str(self.strerror)
+
 
 def storage_error(exc: BaseException, path: str | os.PathLike | None = None, writing: bool = True
                   ) -> OutputError | None:
@@ -64,6 +67,11 @@ def storage_error(exc: BaseException, path: str | os.PathLike | None = None, wri
         what = f"cannot write {where}" if writing else f"{where}"
         return OutputError(exc.errno, f"{what}: {STORAGE_ERRNOS[exc.errno]}", str(where))
     text = str(exc)
+    # writers in other languages word the errno (safetensors: "No space left on device (os error 28)")
+    for code in STORAGE_ERRNOS:
+        if f"os error {code})" in text or os.strerror(code) in text:
+            what = f"cannot write {where}" if writing else f"{where}"
+            return OutputError(code, f"{what}: {STORAGE_ERRNOS[code]}", str(where))
     if isinstance(exc, RuntimeError) and ("unexpected pos" in text or "PytorchStreamWriter failed" in text
                                           or "inline_container" in text):
         folder = Path(where).parent if where else Path(".")
@@ -161,7 +169,7 @@ def atomic_write_many(items: Sequence[tuple[str | os.PathLike, Callable[[Path], 
             tmp, target = pending[0]
             os.replace(tmp, target)
             pending.pop(0)
-    except (OSError, RuntimeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - only storage refusals are reworded, the rest re-raised
         err = storage_error(exc, target)
         if err is None:
             raise

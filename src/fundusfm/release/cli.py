@@ -106,7 +106,7 @@ def _predict(a) -> int:
     paths = expand_inputs(a.inputs, a.path_column)
     # every release check happens here, before any image is read
     released = load_model(a.model, device=a.device, trusted_keys=a.trusted_key)
-    print(f"fundusfm predict: release {a.model}: {released.authenticity}", file=sys.stderr)
+    print(f"fundusfm predict (release {a.model}): {released.authenticity}", file=sys.stderr)
     if not paths:
         print("fundusfm predict: the inputs hold no files", file=sys.stderr)
         return 1
