@@ -99,14 +99,16 @@ def extract(model: nn.Module, batches: Iterable[torch.Tensor], *, mean: Sequence
     return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
 
-def _file_batches(paths: Sequence[str], size: int, batch_size: int, workers: int, pin: bool):
+def _file_batches(paths: Sequence[str], size: int, batch_size: int, workers: int, pin: bool,
+                  digests: Sequence[str] | None = None):
     """uint8 NCHW batches of processed images on disk, read as the training engine's
-    evaluation reads them (:class:`~fundusfm.train.data.FundusDataset`)."""
+    evaluation reads them (:class:`~fundusfm.train.data.FundusDataset`; ``digests``: their
+    recorded content digests, checked at each read)."""
     from torch.utils.data import DataLoader
 
     from fundusfm.train.data import FundusDataset
 
-    ds = FundusDataset(list(paths), np.zeros(len(paths), dtype=np.int64), size)
+    ds = FundusDataset(list(paths), np.zeros(len(paths), dtype=np.int64), size, digests=digests)
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin)
     for x, _, _ in loader:
         yield x.permute(0, 3, 1, 2)  # HWC from the dataset
@@ -146,6 +148,16 @@ def _versions() -> dict:
 
 
 # ----------------------------------------------------------------------------- workflow mode
+
+
+def _table_digests(table: str | Path, images: Sequence[str]) -> list[str] | None:
+    """The recorded digest (task table ``image_xxh3``) of each image path, or ``None`` for a
+    table written before digests were recorded."""
+    df = pd.read_csv(table, dtype=str, keep_default_na=False)
+    if "image_xxh3" not in df.columns:
+        return None
+    by_path = dict(zip(df["image"], df["image_xxh3"]))
+    return [by_path.get(p, "") for p in images]
 
 
 def table_images(table: str | Path, part: str | None = None) -> list[str]:
@@ -211,7 +223,8 @@ def embed_table(table: str | Path, out: str | Path, *, init: str, hp: dict, num_
     model, report, definition = build_init_model(hp, num_outputs, init, seed=seed, trust_pickle=trust_pickle,
                                                  allow_partial=allow_partial, checkpoint_format=checkpoint_format,
                                                  key_map=key_map, conversions=layout.conversions_dir_of(out))
-    batches = _file_batches(images, definition["img_size"], batch_size, workers, device.type == "cuda")
+    batches = _file_batches(images, definition["img_size"], batch_size, workers, device.type == "cuda",
+                            _table_digests(table, images))
     x, stats = _run(model, batches, definition, device, len(images))
     meta = {"model": definition,
             "init": {"name": init_name or init, "spec": init, "checkpoint_format": checkpoint_format,
