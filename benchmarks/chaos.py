@@ -11,8 +11,10 @@ Each interruption is one of:
 * ``kill9-job``  SIGKILL to one running job (a node losing one process);
 * ``term-job``   SIGTERM to one running job (a job's own time limit).
 
-An interruption counts only when its target was running when the signal went out. Then
-the two results trees are compared: manifests, QC tables, split tables, every
+An interruption counts only when its target was running when the signal went out; the
+delay before it starts once a job of the (re)started run is running. When the study
+finishes before the interruptions add up, a fresh copy is interrupted next (a new pass,
+``--max-passes``). After each pass the two results trees are compared: manifests, QC tables, split tables, every
 predictions file, metrics JSON, study table (CSV, Markdown, LaTeX), the release
 (weights, config, card) and the summary. Columns and keys that hold a measured time or
 speed (:data:`TIME_FIELDS`) are left out, nothing else. The script prints every
@@ -219,8 +221,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--min-delay", type=float, default=1.0,
                     help="seconds after the first job of a (re)start is running before a signal")
-    ap.add_argument("--max-delay", type=float, default=25.0)
-    ap.add_argument("--keep", action="store_true", help="reuse a finished clean run in WORKDIR/clean")
+    ap.add_argument("--max-delay", type=float, default=12.0)
+    ap.add_argument("--keep", action="store_true", help="reuse a finished clean run in WORKDIR/clean (and its src/)")
+    ap.add_argument("--max-passes", type=int, default=3, help="fresh copies interrupted at most (each compared)")
     a = ap.parse_args(argv)
     rng = random.Random(a.seed)
     wd = Path(a.workdir)
@@ -240,12 +243,35 @@ def main(argv=None) -> int:
         if rc:
             print(f"the clean run failed; see {wd / 'clean.log'}")
             return 1
+    passes, total = [], 0
+    # a pass: a fresh copy interrupted until the target is met or the study finishes first,
+    # then run to the end and compared; passes follow until the interruptions add up
+    while total < a.interruptions and len(passes) < a.max_passes:
+        res = one_pass(a, rng, clean, chaos, wd, a.interruptions - total, len(passes) + 1)
+        passes.append(res)
+        total += res["interruptions"]
+    ok = True
+    for i, res in enumerate(passes, 1):
+        diff = res["diff"]
+        kinds = ", ".join(f"{k} {sum(e['action'] == k for e in res['events'])}" for k in ACTIONS)
+        print(f"pass {i}: {res['interruptions']} interruptions ({kinds}), {res['runs_of_snakemake']} runs of snakemake, "
+              f"final exit {res['final_exit']}, {len(res['failed_reruns'])} failed rerun(s); compared "
+              f"{diff['compared']} files: {diff['identical_bytes']} byte-identical, {diff['identical_without_times']} "
+              f"identical without time fields {diff['time_fields_left_out']}, {len(diff['differ'])} differ "
+              f"{diff['differ']}; only in clean {diff['only_clean']}, only in chaos {diff['only_chaos']}")
+        ok &= res["final_exit"] == 0 and not diff["differ"] and not diff["only_clean"] and not diff["only_chaos"]
+    print(f"total: {total} interruptions in {len(passes)} pass(es), {'no difference' if ok else 'DIFFERENCES'}")
+    (wd / "chaos.json").write_text(json.dumps({"interruptions": total, "passes": passes}, indent=1))
+    return 0 if ok and total >= a.interruptions else 1
+
+
+def one_pass(a, rng, clean: Path, chaos: Path, wd: Path, wanted: int, number: int) -> dict:
     shutil.rmtree(chaos, ignore_errors=True)
     copy_workflow(chaos, Path(a.config))
     events, reruns, failed_reruns = [], 0, []
-    log = open(wd / "chaos.log", "w")
+    log = open(wd / f"chaos{number}.log", "w")
     t1 = time.time()
-    while len(events) < a.interruptions:
+    while len(events) < wanted:
         unlock(chaos, log)
         reruns += 1
         proc = subprocess.Popen(snakemake_cmd(a.cores), cwd=chaos, stdout=log, stderr=subprocess.STDOUT, env=env(),
@@ -263,8 +289,7 @@ def main(argv=None) -> int:
             rc = None
         if rc is not None:
             if rc == 0:
-                print(f"  the study finished before interruption {len(events) + 1}; starting it again from scratch "
-                      "would only repeat the clean run, so the interruptions stop here", flush=True)
+                print(f"  pass {number}: the study finished before interruption {len(events) + 1}", flush=True)
                 break
             failed_reruns.append({"after": len(events), "exit": rc})
             continue
@@ -278,8 +303,8 @@ def main(argv=None) -> int:
             continue
         events.append({"n": len(events) + 1, "action": action, "after_s": round(delay, 1), "hit": hit,
                        "exit": proc.returncode})
-        print(f"  interruption {len(events):2d}: {action:<9} after {delay:5.1f} s -> {hit} (exit {proc.returncode})",
-              flush=True)
+        print(f"  pass {number}, interruption {len(events):2d}: {action:<9} after {delay:5.1f} s -> {hit} "
+              f"(exit {proc.returncode})", flush=True)
     # to the end: a failure now is a finding (reported), retried a few times
     final_rc = None
     for attempt in range(3):
@@ -290,20 +315,9 @@ def main(argv=None) -> int:
             break
         failed_reruns.append({"after": len(events), "exit": final_rc, "final_attempt": attempt + 1})
     log.close()
-    diff = compare(clean, chaos)
-    report = {"interruptions": len(events), "events": events, "runs_of_snakemake": reruns,
-              "failed_reruns": failed_reruns, "final_exit": final_rc, "chaos_wall_s": round(time.time() - t1),
-              "diff": diff}
-    (wd / "chaos.json").write_text(json.dumps(report, indent=1))
-    kinds = ", ".join(f"{k} {sum(e['action'] == k for e in events)}" for k in ACTIONS)
-    print(f"{len(events)} interruptions ({kinds}), {reruns} runs of snakemake, final exit {final_rc}, "
-          f"{len(failed_reruns)} failed rerun(s)")
-    print(f"compared {diff['compared']} files: {diff['identical_bytes']} byte-identical, "
-          f"{diff['identical_without_times']} identical without time fields {diff['time_fields_left_out']}, "
-          f"{len(diff['differ'])} differ {diff['differ']}; only in clean {diff['only_clean']}, "
-          f"only in chaos {diff['only_chaos']}")
-    ok = final_rc == 0 and not diff["differ"] and not diff["only_clean"] and not diff["only_chaos"]
-    return 0 if ok else 1
+    return {"interruptions": len(events), "events": events, "runs_of_snakemake": reruns,
+            "failed_reruns": failed_reruns, "final_exit": final_rc, "chaos_wall_s": round(time.time() - t1),
+            "diff": compare(clean, chaos)}
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ import pandas as pd
 import pytest
 
 from fundusfm.evaluate.cli import evaluate_main
-from fundusfm.evaluate.io import check_complete, split_rows
 from fundusfm.task import PredictionsError
 
 TASK = {"type": "binary", "label": "abnormal", "classes": ["normal", "abnormal"], "name": "t", "datasets": ["d"]}
@@ -54,13 +53,14 @@ def _run(root: Path, init: str, seed: int) -> Path:
     return run
 
 
-def _evaluate(root: Path, run: Path, init: str) -> tuple[int, Path]:
+def _evaluate(root: Path, run: Path, init: str, split: bool = True) -> tuple[int, Path]:
     out = root / "results" / "metrics" / "t" / init / "finetune" / "fold0" / "frac1" / "seed0" / "test.json"
     meta = {"task": "t", "init": init, "adaptation": "finetune", "fold": 0, "fraction": 1.0, "seed": 0, "set": "test"}
     table = root / "results" / "splits" / "t.csv"
+    tables = ["--split-table", str(table), "--task-table", str(table)] if split else []
     rc = evaluate_main(["--predictions", str(run / "predictions_test.csv"), "--val-predictions",
                         str(run / "predictions_val.csv"), "--task-json", json.dumps(TASK), "--meta", json.dumps(meta),
-                        "--split-table", str(table), "--task-table", str(table), "--n-boot", "20", "--out", str(out)])
+                        *tables, "--n-boot", "20", "--out", str(out)])
     return rc, out
 
 
@@ -91,6 +91,8 @@ def test_truncated_predictions_are_refused_naming_the_first_missing_id(study, ca
     (lambda df: df.assign(prob_glaucoma=0.0), "probability columns"),
 ], ids=["duplicate row", "extra row", "other truth", "other classes"])
 def test_a_set_that_is_not_its_split_is_refused(study, damage, message):
+    from fundusfm.evaluate.io import check_complete, split_rows
+
     table = study / "results" / "splits" / "t.csv"
     pred = pd.read_csv(_predictions(table, "test", study / "p.csv", 0), dtype={"image_id": str})
     spec_rows = split_rows(table, 0, "test")
@@ -99,6 +101,8 @@ def test_a_set_that_is_not_its_split_is_refused(study, damage, message):
 
 
 def test_validation_under_a_label_fraction_may_be_part_of_its_split(study):
+    from fundusfm.evaluate.io import check_complete, split_rows
+
     table = study / "results" / "splits" / "t.csv"
     val = pd.read_csv(_predictions(table, "val", study / "v.csv", 0), dtype={"image_id": str})
     rows = split_rows(table, 0, "val")
@@ -111,12 +115,13 @@ def test_validation_under_a_label_fraction_may_be_part_of_its_split(study):
 
 
 def test_paired_comparison_refuses_a_truncated_file_in_one_line(study):
-    """The predictions truncated after their metrics were computed: the table's paired
-    comparison says so in one line (no traceback), naming the file and the first missing id."""
+    """The predictions truncated after their metrics were computed (here without a split
+    record, as metrics JSONs written before it): the table's paired comparison says so in
+    one line (no traceback), naming the file and the first missing id."""
     metrics = []
     for init, seed in (("random", 1), ("fundus", 2)):
         run = _run(study, init, seed)
-        rc, out = _evaluate(study, run, init)
+        rc, out = _evaluate(study, run, init, split=False)
         assert rc == 0
         metrics.append(out)
     damaged = Path(json.loads(metrics[1].read_text())["predictions"])
@@ -128,4 +133,23 @@ def test_paired_comparison_refuses_a_truncated_file_in_one_line(study):
     assert p.returncode == 1, p.stderr[-3000:]
     assert "Traceback" not in p.stderr, p.stderr[-3000:]
     last = [line for line in p.stderr.splitlines() if line.strip()][-1]
-    assert "predictions_test.csv" in last and "first missing: d/img05" in last, p.stderr[-2000:]
+    assert last.startswith("fundusfm table: ") and "first missing: d/img05" in last, p.stderr[-2000:]
+
+
+def test_paired_comparison_checks_the_recorded_split_again(study):
+    """With the split recorded by the evaluate step, the comparison names the damaged
+    predictions file itself."""
+    metrics = []
+    for init, seed in (("random", 1), ("fundus", 2)):
+        rc, out = _evaluate(study, _run(study, init, seed), init)
+        assert rc == 0
+        metrics.append(out)
+    damaged = Path(json.loads(metrics[1].read_text())["predictions"])
+    pd.read_csv(damaged, dtype={"image_id": str}).iloc[:5].to_csv(damaged, index=False)
+    p = subprocess.run([sys.executable, "-m", "fundusfm.cli", "table", "--task", "t", "--task-json", json.dumps(TASK),
+                        "--metrics", *map(str, metrics), "--compare-to", "random", "--n-boot", "20",
+                        "--out-prefix", str(study / "results" / "tables" / "t")],
+                       cwd=study, capture_output=True, text=True, timeout=300)
+    last = [line for line in p.stderr.splitlines() if line.strip()][-1]
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr[-3000:]
+    assert str(damaged) in last and "first missing: d/img05" in last, last

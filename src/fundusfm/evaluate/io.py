@@ -161,7 +161,9 @@ def align_predictions(a: pd.DataFrame, b: pd.DataFrame, task: dict | TaskSpec, n
     ka = set(map(tuple, a[key].to_numpy()))
     kb = set(map(tuple, b[key].to_numpy()))
     if ka != kb:
-        for df, name, other, other_name in ((b, names[1], a, names[0]), (a, names[0], b, names[1])):
+        pairs = [(b, names[1], a, names[0]), (a, names[0], b, names[1])]
+        # the smaller file first: a truncated one is named with its first missing image
+        for df, name, other, other_name in sorted(pairs, key=lambda t: len(t[0])):
             check_complete(df, other, spec, f"paired comparison needs the same images: the predictions of {name}",
                            f"the predictions of {other_name}")
         raise PredictionsError(f"paired comparison needs the same images in {names[0]} and {names[1]}")
