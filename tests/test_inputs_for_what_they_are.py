@@ -70,6 +70,7 @@ def test_transparency_is_flattened_with_a_reason_or_refused(photos, caplog):
     assert row["status"] == "rejected" and "preprocess.alpha: refuse" in row["reason"] and img is None
 
 
+@pytest.mark.slow
 def test_one_suffix_list_a_gif_is_an_error_row_in_preprocess_and_predict(photos, tmp_path):
     qc = preprocess_many([("g", str(photos / "colour.gif"))], tmp_path / "out", PreprocessSpec(size=128),
                          progress=False)
@@ -170,6 +171,7 @@ def test_processed_images_carry_their_digest_and_a_replaced_one_is_redone(photos
     assert fast_digest_file(out) == again.loc[0, "processed_xxh3"] == qc.loc[0, "processed_xxh3"]
 
 
+@pytest.mark.slow
 def test_a_processed_image_replaced_by_text_is_refused_when_training_reads_it(tmp_path, capsys):
     """The task table carries each processed image's digest (image_xxh3, from the QC
     table); a file replaced after preprocessing stops training with one line naming it."""

@@ -114,6 +114,7 @@ def test_validation_under_a_label_fraction_may_be_part_of_its_split(study):
         check_complete(test, rows, TASK, "t.csv", "val", subset=True)
 
 
+@pytest.mark.slow
 def test_paired_comparison_refuses_a_truncated_file_in_one_line(study):
     """The predictions truncated after their metrics were computed (here without a split
     record, as metrics JSONs written before it): the table's paired comparison says so in
@@ -136,6 +137,7 @@ def test_paired_comparison_refuses_a_truncated_file_in_one_line(study):
     assert last.startswith("fundusfm table: ") and "first missing: d/img05" in last, p.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_paired_comparison_checks_the_recorded_split_again(study):
     """With the split recorded by the evaluate step, the comparison names the damaged
     predictions file itself."""

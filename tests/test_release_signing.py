@@ -168,6 +168,7 @@ def test_a_bad_signing_key_is_one_line_before_any_work(made, tmp_path, capsys):
     assert not (tmp_path / "rel").exists()
 
 
+@pytest.mark.slow
 def test_openssl_keys_sign_and_verify(made, tmp_path):
     """Keys from `openssl genpkey -algorithm ed25519` (the documented way) work as they are."""
     if shutil.which("openssl") is None:

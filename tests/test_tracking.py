@@ -481,6 +481,7 @@ def _store_records(db: Path) -> dict:
     return {"runs": out, "versions": versions}
 
 
+@pytest.mark.slow
 def test_a_copied_results_folder_syncs_into_its_own_store_and_leaves_the_original_unchanged(tmp_path, empty_store,
                                                                                           monkeypatch):
     """cp -a results copy/: the copy's store (same absolute artifact locations inside) must
