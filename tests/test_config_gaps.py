@@ -185,13 +185,30 @@ def test_late_refusals_are_refused_by_the_config_check(case):
     assert message in str(err.value)
 
 
-@pytest.mark.parametrize("case", ["model_args pretrained", "lr .nan", "lr .inf", "epochs true", "n_boot 0",
-                                  "seed 2**64", "absolute image_glob", "image_glob with .."])
-def test_late_refusals_are_refused_by_snakemake_dry_run(workflow_copy, case):
-    edit, message = LATE_REFUSALS[case]
+def _many_late_refusals(c: dict) -> None:
+    """Several refusals at once, each where no other hides it (a job's hyper-parameters
+    stop at their first problem): one dry run names them all."""
+    c["pretrain"]["hparams"] = {"model_args": {"pretrained": True}}
+    c["tasks"]["multi"].setdefault("hparams", {})["lr"] = float("inf")
+    c["tasks"]["grade"].setdefault("hparams", {})["epochs"] = True
+    c["datasets"]["extra"] = _csv_dataset("/etc/*")
+    c["datasets"]["extra2"] = _csv_dataset(["images/*.jpg", "../../*.jpg"])
+
+
+@pytest.mark.parametrize("edit, messages", [
+    (lambda c: (c["report"].update(n_boot=0), c["tasks"]["grade"].update(seeds=[2 ** 64])),
+     ["n_boot 0", "seed 2**64"]),
+    (_many_late_refusals, ["model_args pretrained", "lr .inf", "epochs true", "absolute image_glob"]),
+    (lambda c: c["train"].update(lr=float("nan")), ["lr .nan"]),
+], ids=["schema: n_boot 0, seed 2**64", "hparams and globs", "lr .nan"])
+def test_late_refusals_are_refused_by_snakemake_dry_run(workflow_copy, edit, messages):
     p = _dry_run(workflow_copy, _edited(edit))
     out = p.stdout + p.stderr
-    assert p.returncode != 0 and message in out, out[-3000:]
+    assert p.returncode != 0, out[-3000:]
+    for case in messages:
+        assert LATE_REFUSALS[case][1].replace("pretrain.hparams: ", "") in out, (case, out[-3000:])
+    if "absolute image_glob" in messages:
+        assert "datasets.extra2.image_glob: glob '../../*.jpg' must be relative to the dataset root" in out
     assert "Job stats" not in out  # refused before any job was planned
 
 
