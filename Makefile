@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 CORES  ?= all
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: run test test-integration report dry-run lint fmt clean bench
+.PHONY: run test test-integration report dry-run lint fmt clean bench check-results
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test: $(STAMP)
 ## test-integration: real services: a single-node SLURM cluster, DVC remotes, an MLflow server
 test-integration: $(STAMP)
 	$(PY) -m pytest -p no:cacheprovider -rs tests/integration $(PYTEST)
+
+## check-results: every file of results/ against the digests and records the study wrote (what Snakemake cannot see)
+check-results: $(STAMP)
+	$(VENV)/bin/fundusfm check-results --results results --config config/config.yaml
 
 report: $(STAMP)
 	$(VENV)/bin/snakemake --cores 1 --report results/report.html $(SMK)

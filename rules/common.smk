@@ -272,6 +272,14 @@ def task_test_metrics(wildcards):
     ]
 
 
+def eval_split_table(wildcards):
+    """The split table of an evaluated set (its predictions hold exactly its images):
+    the task table for the test set, an external set's own table for `external_<ds>`."""
+    if wildcards.evalset.startswith("external_"):
+        return f"{R}/splits/{wildcards.task}/{wildcards.evalset}.csv"
+    return f"{R}/splits/{wildcards.task}.csv"
+
+
 def task_split_tables(wildcards):
     """A task's split tables: development, then one per external set."""
     t = config["tasks"][wildcards.task]
@@ -403,6 +411,8 @@ def release_cli():
         "--seed",
         str(config["seed"]),
     ]
+    if config["release"].get("sign_key"):
+        args += ["--sign-key", config["release"]["sign_key"]]
     return " ".join(shlex.quote(a) for a in args)
 
 

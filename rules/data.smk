@@ -67,6 +67,9 @@ rule preprocess:
         format=config["preprocess"]["format"],
         max_reject=lambda wc: preprocess_setting(wc.dataset, "max_reject_fraction"),
         thresholds=lambda wc: q(preprocess_setting(wc.dataset, "thresholds")),
+        monochrome=lambda wc: preprocess_setting(wc.dataset, "monochrome"),
+        alpha=lambda wc: preprocess_setting(wc.dataset, "alpha"),
+        max_decode=config["preprocess"]["max_decode_pixels"],
         out=lambda wc: f"{R}/preprocessed/{wc.dataset}",
         kept=lambda wc: f"{R}/logs/preprocess/{wc.dataset}",
     shell:
@@ -75,6 +78,7 @@ rule preprocess:
         "--out {params.out} --size {params.size} "
         "--normalise {params.normalise} --format {params.format} "
         "--max-reject-fraction {params.max_reject} --thresholds {params.thresholds} "
+        "--monochrome {params.monochrome} --alpha {params.alpha} --max-decode-pixels {params.max_decode} "
         "--workers {threads} --gallery {output.gallery} --no-progress > {log} 2>&1 "
         "|| {{ rc=$?; mkdir -p {params.kept}; "
         "cp -f {output.qc} {output.gallery} {params.kept}/ 2>/dev/null || true; "

@@ -7,6 +7,8 @@ rule evaluate:
     input:
         pred=f"{R}/finetune/{RUN}/predictions_{{evalset}}.csv",
         val=f"{R}/finetune/{RUN}/predictions_val.csv",
+        split=eval_split_table,
+        table=f"{R}/splits/{{task}}.csv",
     output:
         f"{R}/metrics/{RUN}/{{evalset}}.json",
     log:
@@ -31,6 +33,7 @@ rule evaluate:
         seed=config["seed"],
     shell:
         "fundusfm evaluate --predictions {input.pred} --val-predictions {input.val} "
+        "--split-table {input.split} --task-table {input.table} "
         "--task-json {params.task} --meta {params.meta} --n-boot {params.n_boot} "
         "--seed {params.seed} --out {output} > {log} 2>&1"
 

@@ -133,3 +133,92 @@ def test_snakemake_dry_run_accepts_the_valid_config(workflow_copy):
     p = _dry_run(workflow_copy, _tiny_text())
     assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
     assert "finetune" in p.stdout
+
+
+# ----------------------------------------------------------------------------- refused before any job (issue 23)
+
+def _csv_dataset(glob) -> dict:
+    # a csv-adapter dataset (docs/adding-a-dataset.md) whose image_glob lists the images on disk
+    return {"adapter": "csv", "root": "data/extra", "labels_file": "labels.csv", "image_col": "file",
+            "label_map": {"abnormal": "abn"}, "image_glob": glob}
+
+
+def _edited(edit) -> str:
+    c = _tiny()
+    edit(c)
+    return yaml.safe_dump(c, sort_keys=False)
+
+
+LATE_REFUSALS = {
+    "model_args pretrained": (lambda c: c["train"].update(model_args={"pretrained": True}),
+                              "hparams model_args ['pretrained']: set by fundusfm itself"),
+    "model_args pretrained_cfg_overlay": (
+        lambda c: c["tasks"]["grade"].setdefault("hparams", {}).update(model_args={"pretrained_cfg_overlay": {}}),
+        "hparams model_args ['pretrained_cfg_overlay']: set by fundusfm itself"),
+    "model_args checkpoint_path": (lambda c: c["train"].update(model_args={"checkpoint_path": "w.pth"}),
+                                   "hparams model_args ['checkpoint_path']: set by fundusfm itself"),
+    "model_args num_classes": (lambda c: c["train"].update(model_args={"num_classes": 3}),
+                               "hparams model_args ['num_classes']: set by fundusfm itself"),
+    "lr .nan": (lambda c: c["train"].update(lr=float("nan")), "hparams lr must be a finite number, got nan"),
+    "lr .inf": (lambda c: c["train"].update(lr=float("inf")), "hparams lr must be a finite number, got inf"),
+    "epochs true": (lambda c: c["train"].update(epochs=True), "hparams epochs must be an integer, got True"),
+    "pretrain epochs true": (lambda c: c["pretrain"].update(hparams={"epochs": True}),
+                             "pretrain.hparams: hparams epochs must be an integer, got True"),
+    "n_boot 0": (lambda c: c["report"].update(n_boot=0), "report.n_boot: 0 is less than the minimum of 1"),
+    "seed 2**64": (lambda c: c["tasks"]["grade"].update(seeds=[2 ** 64]),
+                   "tasks.grade.seeds.0: 18446744073709551616 is greater than the maximum of 4294967295"),
+    "seed 2**32": (lambda c: c.update(seed=2 ** 32), "seed: 4294967296 is greater than the maximum of 4294967295"),
+    "absolute image_glob": (lambda c: c["datasets"].update(extra=_csv_dataset("/etc/*")),
+                            "datasets.extra.image_glob: glob '/etc/*' must be relative to the dataset root"),
+    "image_glob with ..": (lambda c: c["datasets"].update(extra=_csv_dataset(["images/*.jpg", "../../*.jpg"])),
+                           "datasets.extra.image_glob: glob '../../*.jpg' must be relative to the dataset root"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LATE_REFUSALS))
+def test_late_refusals_are_refused_by_the_config_check(case):
+    edit, message = LATE_REFUSALS[case]
+    c = _tiny()
+    edit(c)
+    with pytest.raises(fcfg.ConfigError) as err:
+        fcfg.validate(c)
+    assert message in str(err.value)
+
+
+def _many_late_refusals(c: dict) -> None:
+    """Several refusals at once, each where no other hides it (a job's hyper-parameters
+    stop at their first problem): one dry run names them all."""
+    c["pretrain"]["hparams"] = {"model_args": {"pretrained": True}}
+    c["tasks"]["multi"].setdefault("hparams", {})["lr"] = float("inf")
+    c["tasks"]["grade"].setdefault("hparams", {})["epochs"] = True
+    c["datasets"]["extra"] = _csv_dataset("/etc/*")
+    c["datasets"]["extra2"] = _csv_dataset(["images/*.jpg", "../../*.jpg"])
+
+
+@pytest.mark.parametrize("edit, messages", [
+    (lambda c: (c["report"].update(n_boot=0), c["tasks"]["grade"].update(seeds=[2 ** 64])),
+     ["n_boot 0", "seed 2**64"]),
+    (_many_late_refusals, ["model_args pretrained", "lr .inf", "epochs true", "absolute image_glob"]),
+    (lambda c: c["train"].update(lr=float("nan")), ["lr .nan"]),
+], ids=["schema: n_boot 0, seed 2**64", "hparams and globs", "lr .nan"])
+def test_late_refusals_are_refused_by_snakemake_dry_run(workflow_copy, edit, messages):
+    p = _dry_run(workflow_copy, _edited(edit))
+    out = p.stdout + p.stderr
+    assert p.returncode != 0, out[-3000:]
+    for case in messages:
+        assert LATE_REFUSALS[case][1].replace("pretrain.hparams: ", "") in out, (case, out[-3000:])
+    if "absolute image_glob" in messages:
+        assert "datasets.extra2.image_glob: glob '../../*.jpg' must be relative to the dataset root" in out
+    assert "Job stats" not in out  # refused before any job was planned
+
+
+def test_typed_hparams_keep_the_valid_values():
+    from fundusfm.train.config import resolve_hparams
+
+    hp = resolve_hparams({"lr": 3e-4, "epochs": 2, "patience": None, "grad_clip": 1.0, "mean": "imagenet",
+                          "std": [0.2, 0.2, 0.2], "augment": {"ratio": [0.8, 1.25]}, "log_every": 0})
+    assert hp["lr"] == 3e-4 and hp["augment"]["ratio"] == [0.8, 1.25]
+    for bad in ({"weight_decay": -0.1}, {"drop_rate": 1.5}, {"batch_size": 8.0}, {"channels_last": "yes"},
+                {"std": [0.2, 0.0, 0.2]}, {"augment": {"hflip": 2}}, {"grad_clip": float("nan")}):
+        with pytest.raises(ValueError, match="hparams"):
+            resolve_hparams(bad)

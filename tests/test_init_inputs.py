@@ -1,5 +1,6 @@
 """Named init checkpoints are Snakemake inputs (new bytes retrain, even copied with
-``cp -p``); a trusted pickle's conversion is reused only for the same bytes."""
+``cp -p``); a trusted pickle's conversion lives in the results tree, keyed by the source's
+bytes, and a file beside the checkpoint is never taken on its word."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).parent))
 from workflow_helpers import copy_workflow, job_stats, run_snakemake, tiny_config  # noqa: E402
 
+from fundusfm.hashing import sha256_file  # noqa: E402
 from fundusfm.models.factory import create  # noqa: E402
 from fundusfm.models.init import InitError, load_init, read_checkpoint  # noqa: E402
 
@@ -43,43 +45,76 @@ def _age(path: Path, seconds: float) -> None:
 
 # ----------------------------------------------------------------------------- the conversion cache
 
-def test_conversion_is_redone_for_new_bytes_with_an_old_time_stamp(tmp_path):
+def test_conversion_lives_in_the_results_tree_keyed_by_the_source_bytes(tmp_path):
     ckpt = tmp_path / "paper.pth"
+    conversions = tmp_path / "results" / "conversions"
     a = _pickled_module(ckpt, seed=0)
-    state, converted = read_checkpoint(ckpt, trust_pickle=True)
-    assert converted == str(ckpt) + ".safetensors"
+    state, converted = read_checkpoint(ckpt, trust_pickle=True, conversions=conversions)
+    assert converted == str(conversions / f"{sha256_file(ckpt)}.safetensors")
+    assert not Path(str(ckpt) + ".safetensors").exists()  # nothing is written beside the checkpoint
     with safe_open(converted, "pt") as fh:
-        assert len(fh.metadata()["source_sha256"]) == 64
+        assert fh.metadata() == {"source": "paper.pth", "source_sha256": sha256_file(ckpt), "trust_pickle": "true"}
     key = "conv1.0.weight"
     torch.testing.assert_close(load_file(converted)[key], a.state_dict()[key])
 
     other = tmp_path / "other.pth"
     b = _pickled_module(other, seed=1)
-    _age(other, DAY)  # older than the conversion: the old mtime rule reused the stale conversion
+    _age(other, DAY)  # older than the conversion: an mtime rule would reuse the stale conversion
     subprocess.run(["cp", "-p", str(other), str(ckpt)], check=True)
-    assert os.path.getmtime(ckpt) < os.path.getmtime(converted)
-
-    with pytest.raises(InitError, match=r"made from other bytes"):  # never the stale weights, never unpickled
-        read_checkpoint(ckpt)
-    state, converted = read_checkpoint(ckpt, trust_pickle=True)
+    with pytest.raises(InitError, match=r"--trust-pickle"):  # never the stale weights, never unpickled
+        read_checkpoint(ckpt, conversions=conversions)
+    state, converted_b = read_checkpoint(ckpt, trust_pickle=True, conversions=conversions)
+    assert converted_b != converted
     torch.testing.assert_close(state[key], b.state_dict()[key])
-    torch.testing.assert_close(load_file(converted)[key], b.state_dict()[key])
-    # the same bytes again: the conversion is used, no trust needed
+    # the same bytes again: the conversion is used (under trust_pickle), the model gets those weights
     model = create("resnet10t", 2, head="paper")
-    report = load_init(model, f"checkpoint:{ckpt}")
-    assert report.converted_to == converted
+    report = load_init(model, f"checkpoint:{ckpt}", trust_pickle=True, conversions=conversions)
+    assert report.converted_to == converted_b
     torch.testing.assert_close(model.state_dict()[key], b.state_dict()[key])
 
 
-def test_conversion_without_a_recorded_source_is_redone(tmp_path):
+def test_a_conversion_planted_beside_an_untrusted_pickle_is_never_loaded(tmp_path):
+    """A ``X.pth.safetensors`` with the pickle's SHA-256 in its header (as older versions
+    wrote conversions) is not taken on its word: without trust_pickle the pickle is
+    refused, with it the weights come from the pickle itself."""
     ckpt = tmp_path / "paper.pth"
     net = _pickled_module(ckpt, seed=0)
-    stale = {k: torch.zeros_like(v) for k, v in net.state_dict().items()}
-    save_file(stale, str(ckpt) + ".safetensors")  # made by an older fundusfm: no source_sha256
+    planted = {k: torch.full_like(v, 7) if v.is_floating_point() else v for k, v in net.state_dict().items()}
+    save_file(planted, str(ckpt) + ".safetensors", metadata={"source": ckpt.name, "source_sha256": sha256_file(ckpt),
+                                                              "trust_pickle": "true"})
     with pytest.raises(InitError, match="--trust-pickle"):
-        read_checkpoint(ckpt)
-    state, _ = read_checkpoint(ckpt, trust_pickle=True)
+        load_init(create("resnet10t", 2, head="paper"), f"checkpoint:{ckpt}")
+    model = create("resnet10t", 2, head="paper")
+    load_init(model, f"checkpoint:{ckpt}", trust_pickle=True, conversions=tmp_path / "results" / "conversions")
+    key = "conv1.0.weight"
+    torch.testing.assert_close(model.state_dict()[key], net.state_dict()[key])
+    assert not torch.equal(model.state_dict()[key], planted[key])
+
+
+def test_a_planted_conversion_in_the_results_tree_without_trust_is_not_used(tmp_path):
+    """The results tree's conversion is used only under trust_pickle and only when it
+    records having been made under it."""
+    ckpt = tmp_path / "paper.pth"
+    conversions = tmp_path / "results" / "conversions"
+    net = _pickled_module(ckpt, seed=0)
+    planted = {k: torch.zeros_like(v) for k, v in net.state_dict().items()}
+    conversions.mkdir(parents=True)
+    save_file(planted, str(conversions / f"{sha256_file(ckpt)}.safetensors"),
+              metadata={"source": ckpt.name, "source_sha256": sha256_file(ckpt)})  # no trust_pickle recorded
+    with pytest.raises(InitError, match="--trust-pickle"):
+        read_checkpoint(ckpt, conversions=conversions)
+    state, _ = read_checkpoint(ckpt, trust_pickle=True, conversions=conversions)
     torch.testing.assert_close(state["conv1.0.weight"], net.state_dict()["conv1.0.weight"])
+
+
+def test_conversions_dir_of_a_job_folder_is_in_its_results_tree(tmp_path):
+    from fundusfm import layout
+
+    run = tmp_path / "results" / "finetune" / "t" / "mine" / "finetune" / "fold0" / "frac1" / "seed0"
+    assert layout.conversions_dir_of(run) == tmp_path / "results" / "conversions"
+    assert layout.conversions_dir_of(tmp_path / "results" / "features" / "t" / "mine") == \
+        tmp_path / "results" / "conversions"
+    assert layout.conversions_dir_of(tmp_path / "elsewhere") is None
 
 
 # ----------------------------------------------------------------------------- through Snakemake
@@ -94,7 +129,7 @@ def _config(checkpoint: str) -> dict:
     cfg["tasks"] = {"grade": grade}
     cfg["inits"] = {"mine": {"checkpoint": checkpoint}}
     cfg["mlflow"] = {"enabled": False}
-    cfg["report"] = {"cam": False, "n_boot": 0}
+    cfg["report"] = {"cam": False, "n_boot": 1}
     return cfg
 
 

@@ -102,24 +102,27 @@ def test_paper_release_needs_trust_then_loads_backbone_and_converts(tmp_path):
     fresh_fc3 = model.fc[3].weight.detach().clone()
     with pytest.raises(InitError, match="--trust-pickle"):
         load_init(model, f"checkpoint:{path}")
-    report = load_init(model, f"checkpoint:{path}", trust_pickle=True)
+    report = load_init(model, f"checkpoint:{path}", trust_pickle=True, conversions=tmp_path / "conversions")
     # the whole head stays fresh by default (even where shapes fit), the backbone loads fully
     head_keys = sorted(k for k in model.state_dict() if k.startswith("fc.") and not k.endswith("num_batches_tracked"))
     assert not report.partial and sorted(report.head_reinitialised) == head_keys
     assert len(report.loaded) == report.n_model_keys - len(head_keys)
-    assert report.converted_to == str(path) + ".safetensors" and os.path.isfile(report.converted_to)
+    assert report.converted_to.startswith(str(tmp_path / "conversions")) and os.path.isfile(report.converted_to)
     torch.testing.assert_close(model.fc[3].weight, fresh_fc3)
     torch.testing.assert_close(model.layer4[2].bn3.running_var, net.layer4[2].bn3.running_var)
-    # later loads read the safetensors conversion: no trust needed; carry_head='hidden'
-    # carries the 2048->512->BN block and never the final layer
+    # later loads (still trusted) read the safetensors conversion in the results tree;
+    # carry_head='hidden' carries the 2048->512->BN block and never the final layer
     other = create("resnet50", 2, head="paper")
-    r2 = load_init(other, f"checkpoint:{path}", carry_head="hidden")
+    r2 = load_init(other, f"checkpoint:{path}", carry_head="hidden", trust_pickle=True,
+                   conversions=tmp_path / "conversions")
+    assert r2.converted_to == report.converted_to
     assert sorted(r2.head_reinitialised) == ["fc.3.bias", "fc.3.weight"]
     assert "fc.0.weight" in r2.head_carried and "fc.1.running_var" in r2.head_carried
     torch.testing.assert_close(other.fc[0].weight, net.fc[0].weight)
     assert not torch.equal(other.fc[3].weight, net.fc[3].weight)
     # into timm's linear head: the whole paper head is dropped, the backbone loads
-    r3 = load_init(create("resnet50", 2, head="timm"), f"checkpoint:{path}")
+    r3 = load_init(create("resnet50", 2, head="timm"), f"checkpoint:{path}", trust_pickle=True,
+                   conversions=tmp_path / "conversions")
     assert not r3.partial and len(r3.head_dropped) == 8 and sorted(r3.head_reinitialised) == ["fc.bias", "fc.weight"]
 
 

@@ -50,9 +50,10 @@ def corpus(tmp_path_factory):
     (d / "corrupt.jpg").write_bytes(bytes(corrupt[:600])); add("corrupt.jpg", "error")
     (d / "empty.jpg").write_bytes(b""); add("empty.jpg", "error")
     (d / "notimage.png").write_text("this is a text file, not a PNG\n" * 20); add("notimage.png", "error")
-    good.convert("L").save(d / "gray.png"); add("gray.png", "ok")
+    # monochrome (red-free) photographs are rejected by default (preprocess.monochrome)
+    good.convert("L").save(d / "gray.png"); add("gray.png", "rejected")
     a16 = (np.asarray(good.convert("L")).astype(np.uint16) * 257)
-    Image.fromarray(a16).save(d / "sixteen.png"); add("sixteen.png", "ok")
+    Image.fromarray(a16).save(d / "sixteen.png"); add("sixteen.png", "rejected")
     rgba = good.convert("RGBA"); rgba.save(d / "rgba.png"); add("rgba.png", "ok")
     good.convert("CMYK").save(d / "cmyk.jpg", quality=92); add("cmyk.jpg", "ok")
     rot = good.rotate(90, expand=True)  # stored rotated; EXIF says rotate back

@@ -439,3 +439,93 @@ def test_a_store_that_stays_locked_fails_the_sync(results, store, monkeypatch):
     assert summary["store_error"] is True and not summary["ok"]
     assert "still held" in summary["errors"][0]
     assert tstore.sync(results, STUDY, store, CONFIG)["ok"]  # released: the rerun syncs
+
+
+# ---------------------------------------------------------------------------- a copied results folder
+
+
+def _release_folder(results: Path, weights: bytes) -> Path:
+    """The files `fundusfm register` reads of a release (config.json keys it uses)."""
+    import hashlib
+
+    rel = results / "release"
+    rel.mkdir(parents=True, exist_ok=True)
+    (rel / "model.safetensors").write_bytes(weights)
+    (rel / "README.md").write_text("card\n")
+    cfg = {"fundusfm": {"files": {"model.safetensors": {"sha256": hashlib.sha256(weights).hexdigest()}},
+                        "source": {"study": STUDY}, "licence": "CC-BY-NC-4.0",
+                        "metrics": {"released_model_test": {"metrics": {"auroc": 0.7}}, "study": {}},
+                        "model": {"arch": "resnet10t", "head": "paper", "img_size": 48, "classes": ["a", "b"],
+                                  "init": "random"}}}
+    (rel / "config.json").write_text(json.dumps(cfg))
+    return rel
+
+
+def _tree_bytes(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _store_records(db: Path) -> dict:
+    """Every run of a store with its tags, params, metrics, artifact location and artifact
+    bytes, and every model version: what "the original's records" are."""
+    client = MlflowClient(f"sqlite:///{db}")
+    out = {}
+    for exp in client.search_experiments():
+        for run in client.search_runs([exp.experiment_id]):
+            root = run.info.artifact_uri.removeprefix("file://")
+            arts = {p.relative_to(root).as_posix(): p.read_bytes() for p in Path(root).rglob("*") if p.is_file()} \
+                if Path(root).is_dir() else {}
+            out[run.info.run_id] = (run.data.tags.get(records.KEY_TAG), run.info.artifact_uri, dict(run.data.params),
+                                    dict(run.data.metrics), arts)
+    versions = [(mv.name, mv.version, mv.source) for mv in client.search_model_versions()]
+    return {"runs": out, "versions": versions}
+
+
+@pytest.mark.slow
+def test_a_copied_results_folder_syncs_into_its_own_store_and_leaves_the_original_unchanged(tmp_path, empty_store,
+                                                                                          monkeypatch):
+    """cp -a results copy/: the copy's store (same absolute artifact locations inside) must
+    write its own artifacts; the original stays byte for byte and record for record."""
+    from fundusfm.tracking.registry import register
+
+    a = tmp_path / "study"
+    res_a = a / "results"
+    for key in RUN_KEYS:
+        make_run(res_a, key)
+    shutil.copy(empty_store, res_a / "mlflow.db")
+    monkeypatch.chdir(a)
+    uri_a = tstore.tracking_uri(None, res_a)
+    assert tstore.sync(res_a, STUDY, uri_a, CONFIG)["ok"]
+    register(_release_folder(res_a, b"\1" * 64), uri=None, results=res_a)
+
+    b = tmp_path / "copy" / "study"
+    b.parent.mkdir()
+    subprocess.run(["cp", "-a", str(a), str(b.parent)], check=True)  # as the user did
+    before_bytes, before_records = _tree_bytes(a), _store_records(res_a / "mlflow.db")
+
+    res_b = b / "results"
+    run_b = res_b / RUN_KEYS[1]
+    (run_b / "predictions_test.csv").write_text("image_id,dataset\ncorrupted,down\n")
+    mjson = res_b / "metrics" / RUN_KEYS[1].split("/", 1)[1] / "test.json"
+    rec = json.loads(mjson.read_text())
+    rec["metrics"]["auroc"] = 0.01
+    mjson.write_text(json.dumps(rec))
+    _release_folder(res_b, b"\2" * 64)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    for verb in (["sync-mlflow", "--results", "results", "--config-json", json.dumps(CONFIG), "--study", STUDY],
+                 ["register", "--release", "results/release", "--results", "results", "--study", STUDY]):
+        p = subprocess.run([sys.executable, "-m", "fundusfm.cli", *verb], cwd=b, env=env, capture_output=True, text=True,
+                           timeout=300)
+        assert p.returncode == 0, p.stderr[-3000:]
+    summary = json.loads((res_b / "mlflow" / "sync.json").read_text())
+    assert summary["ok"] and summary["counts"]["updated"] >= 1, summary
+
+    assert _tree_bytes(a) == before_bytes  # not one byte of the original changed
+    assert _store_records(res_a / "mlflow.db") == before_records
+    # the copy holds its own, corrupted, mirror: every location points into the copy
+    after_b = _store_records(res_b / "mlflow.db")
+    assert all(loc.startswith((res_b / "mlflow-artifacts").resolve().as_uri()) for _, loc, *_ in after_b["runs"].values())
+    assert all(src.startswith((res_b / "mlflow-artifacts").resolve().as_uri()) for *_, src in after_b["versions"])
+    key_b = next(r for r in after_b["runs"].values() if r[0] == RUN_KEYS[1])
+    assert key_b[4]["predictions_test.csv"].startswith(b"image_id,dataset\ncorrupted")
+    assert json.loads(key_b[4]["metrics/test.json"])["metrics"]["auroc"] == 0.01

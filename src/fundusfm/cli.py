@@ -36,6 +36,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "register": ("tracking", "register a release in the MLflow model registry"),
     "export": ("release", "export a trained model as a release"),
     "predict": ("release", "predict on new photographs with a release"),
+    "keygen": ("release", "an Ed25519 key pair to sign releases (export --sign-key, predict --trusted-key)"),
+    "check-results": ("audit", "verify a results tree against its recorded digests (what Snakemake cannot see)"),
 }
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -85,7 +87,35 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _terminate)
-    return int(entry_point(verb)(rest) or 0)
+    try:
+        return int(entry_point(verb)(rest) or 0)
+    except BaseException as exc:  # noqa: BLE001 - only the errors below become one line
+        line = one_line_error(exc)
+        if line is None:
+            raise
+        print(f"fundusfm {verb}: {line}", file=sys.stderr)
+        return 1
+
+
+def one_line_error(exc: BaseException) -> str | None:
+    """What a verb prints, as one line, for an error that is the user's or the machine's
+    to fix rather than a bug: a storage refusal (disk full, quota, read-only folder,
+    permission: :data:`fundusfm.fileio.STORAGE_ERRNOS`, with the path), a file not found,
+    and fundusfm's own errors (messages that name the file, row and key). ``None``: let
+    it raise (a traceback is what a bug report needs)."""
+    from fundusfm.errors import error_line
+    from fundusfm.fileio import storage_error
+
+    if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+        return None
+    err = storage_error(exc, writing=False)
+    if err is not None:
+        return str(err)
+    if isinstance(exc, FileNotFoundError):
+        return f"{exc.filename or ''}: file not found" if exc.filename else error_line(exc)
+    if type(exc).__module__.startswith("fundusfm."):
+        return error_line(exc)
+    return None
 
 
 if __name__ == "__main__":

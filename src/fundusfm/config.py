@@ -94,7 +94,8 @@ def _fill_defaults(config: dict) -> None:
     mlflow.setdefault("log_model", False)
     config.setdefault("release", {}).setdefault("licence", "CC-BY-NC-4.0")
     pp = config["preprocess"]
-    for k, v in {"size": 512, "normalise": "none", "format": "jpg", "max_reject_fraction": 0.2}.items():
+    for k, v in {"size": 512, "normalise": "none", "format": "jpg", "max_reject_fraction": 0.2,
+                 "monochrome": "reject", "alpha": "flatten", "max_decode_pixels": 40_000_000}.items():
         pp.setdefault(k, v)
     pt = config["pretrain"]
     pt.setdefault("split", {"strategy": "holdout"})
@@ -144,6 +145,13 @@ def _cross_check(config: dict):
 
         for key in sorted(set(entry["recipe"]) - set(DEFAULT_HPARAMS)):
             yield f"inits.{name}.recipe.{key}: unknown hyper-parameter (known: {', '.join(sorted(DEFAULT_HPARAMS))})"
+    if config["pretrain"]["datasets"] and pretrain_sources(config):
+        from fundusfm.train.config import resolve_hparams
+
+        try:  # the pretraining's hyper-parameters, checked now like every task's
+            resolve_hparams(hparams(config, "pretrain"))
+        except ValueError as exc:
+            yield f"train / pretrain.hparams: {exc}"
     for tname, task in config["tasks"].items():
         for key in ("datasets", "external"):
             for ds in task[key]:

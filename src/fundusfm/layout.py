@@ -8,6 +8,7 @@ in one place (the rules use :data:`RUN` through ``rules/common.smk``).
     <results>/metrics/<task>/<init>/<adaptation>/fold<k>/frac<f>/seed<s>/<set>.json
     <results>/features/<task>/<init>/<part>.parquet     frozen features (part: dev | external_<ds>)
     <results>/models/<task>/<init>.json                 the init's model facts (params, size, speed)
+    <results>/conversions/<sha256>.safetensors          trusted pickles converted (keyed by the source's bytes)
 
 A downstream job adapts an init to a task in one of :data:`ADAPTATIONS`: ``finetune``
 (the whole network trained) or ``linear`` (a logistic regression on the frozen
@@ -30,6 +31,7 @@ METRICS = "metrics"
 
 FEATURES = "features"
 MODELS = "models"
+CONVERSIONS = "conversions"
 # how an init is adapted to a task: the whole network trained, or a linear probe on its
 # frozen features (the first is the default of every task)
 ADAPTATIONS = ("finetune", "linear")
@@ -140,6 +142,20 @@ def run_key(run_dir: str | os.PathLike) -> tuple[str, Path]:
         f"{run_dir}: not a training folder (expected .../finetune/{RUN} "
         f"or .../pretrain/<source>, see docs/architecture.md)"
     )
+
+
+def conversions_dir_of(out_dir: str | os.PathLike) -> Path | None:
+    """``<results>/conversions`` of a job folder in a results tree (a training folder, or
+    a folder below ``<results>/features``); ``None`` for a folder elsewhere (conversions
+    are then not cached)."""
+    try:
+        return run_key(out_dir)[1] / CONVERSIONS
+    except ValueError:
+        pass
+    parts = Path(os.path.abspath(out_dir)).parts
+    if FEATURES in parts:
+        return Path(*parts[:len(parts) - 1 - parts[::-1].index(FEATURES)]) / CONVERSIONS
+    return None
 
 
 def metrics_dir_of_key(results: str | os.PathLike, key: str) -> Path | None:

@@ -27,7 +27,7 @@ PROBLEM_FIELDS = ("file", "row", "column", "value", "message")
 def write_problems(path: Path, problems: list[dict]) -> None:
     """Every problem as a CSV (file, row, column, value, message), one line each."""
     frame = pd.DataFrame([{k: p.get(k, "") for k in PROBLEM_FIELDS} for p in problems], columns=list(PROBLEM_FIELDS))
-    atomic_write(path, lambda t: frame.to_csv(t, index=False))
+    write_csv(path, frame)
 
 
 def problems_message(prog: str, error, problems_file: Path | None, shown: int = 25) -> str:
@@ -85,7 +85,7 @@ def ingest_main(argv: list[str] | None = None) -> int:
         return 2
     if args.problems is not None and args.problems.exists():
         args.problems.unlink()  # from an earlier failed run: the dataset reads now
-    atomic_write(args.out, lambda t: df.to_csv(t, index=False))
+    write_csv(args.out, df)
     if args.report:
         atomic_write(args.report, lambda t: t.write_text(json.dumps(report, indent=2, default=str)))
     if report["unmapped"]:
@@ -155,10 +155,10 @@ def overlap_main(argv: list[str] | None = None) -> int:
     pairs = study_overlaps(hashes, args.upstream, tasks, args.threshold,
                            exclude_from_pretraining=not args.keep_upstream_overlaps)
     if args.out:
-        atomic_write(args.out, lambda t: pairs.to_csv(t, index=False))
+        write_csv(args.out, pairs)
     if args.exclude_out:
         ex = exclusion_list(pairs) if not args.keep_upstream_overlaps else exclusion_list(pairs.iloc[0:0])
-        atomic_write(args.exclude_out, lambda t: ex.to_csv(t, index=False))
+        write_csv(args.exclude_out, ex)
     n_cross = int((pairs["kind"] == "cross").sum())
     (log.warning if n_cross else log.info)(
         "%d upstream/evaluation pairs within %d bits, %d other near-duplicate pairs (%s); wrote %s",

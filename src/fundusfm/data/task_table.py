@@ -102,6 +102,9 @@ def build_task_table(task: dict, manifests: dict, qcs: dict, preprocessed: dict,
         man["qc_status"] = man["image_id"].map(qc["status"])
         rel = man["image_id"].map(qc["processed_path"]).fillna("")
         man["image"] = [str(Path(preprocessed[ds]) / r) if r else "" for r in rel]
+        # the processed image's content digest, checked when training reads it (older QC tables: none)
+        man["image_xxh3"] = (man["image_id"].map(qc["processed_xxh3"]).fillna("") if "processed_xxh3" in qc.columns
+                             else "")
         man["dataset"] = ds
         for col, (src, fn) in DERIVED.items():
             if col in TaskSpec.from_dict(task).columns and col not in man and src in man:
@@ -132,6 +135,6 @@ def build_task_table(task: dict, manifests: dict, qcs: dict, preprocessed: dict,
             )
     df = near_duplicate_handling(df, task, near_duplicate_bits, dedup_against)
     table = assign_roles(df, task, SplitSpec.from_dict(task.get("split")))
-    keep = ["dataset", "image_id", "patient_id", "split_group", "group_source", "eye", "image", "qc_status",
+    keep = ["dataset", "image_id", "patient_id", "split_group", "group_source", "eye", "image", "image_xxh3", "qc_status",
             *TaskSpec.from_dict(task).columns, "exclude_reason"]
     return table[keep + [c for c in table.columns if c.startswith("fold") and c[4:].isdigit()]]

@@ -32,6 +32,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa:
 from scipy import ndimage  # noqa: E402
 from torch import nn  # noqa: E402
 
+from fundusfm.fileio import write_csv  # noqa: E402
 from fundusfm.task import TaskSpec, read_predictions  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -317,7 +318,7 @@ def run_cam(model_dir, table, fold: int, predictions, out_dir, methods=("gradcam
                          "activation maps of training images would mislead")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    sel.to_csv(out / "selection.csv", index=False)
+    write_csv(out / "selection.csv", sel)
     image_paths = {k: tab.loc[k, "image"] for k in keys}
     return make_galleries(model, sel, image_paths, spec, int(meta["img_size"]), meta["mean"], meta["std"], out,
                           methods, per_group) + [out / "selection.csv"]

@@ -46,13 +46,18 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="metrics JSON to write")
     ap.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (patients) [1000]")
     ap.add_argument("--seed", type=int, default=0, help="bootstrap seed [0]")
+    ap.add_argument("--split-table", help="split table of the evaluated set (results/splits/<task>.csv, or "
+                    "results/splits/<task>/external_<ds>.csv): the predictions must hold exactly its images of the "
+                    "fold and set")
+    ap.add_argument("--task-table", help="task table of the validation rows (default: --split-table)")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     _verbose(args.verbose)
     try:
         meta = parse_meta(args.meta)
         task = load_json_arg(args.task_json)
-        rec = evaluate_run(args.predictions, task, meta, args.val_predictions, n_boot=args.n_boot, seed=args.seed)
+        rec = evaluate_run(args.predictions, task, meta, args.val_predictions, n_boot=args.n_boot, seed=args.seed,
+                           split_table=args.split_table, task_table=args.task_table)
     except (ValueError, FileNotFoundError) as e:
         log.error("%s", e)
         return 1

@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from fundusfm.evaluate.bootstrap import patient_bootstrap
-from fundusfm.evaluate.io import DEFAULT_ADAPTATION, clean_number, patient_groups
+from fundusfm.evaluate.io import (DEFAULT_ADAPTATION, check_complete, clean_number, patient_groups, split_record,
+                                  split_rows)
 from fundusfm.evaluate.metrics import compute_metrics
 from fundusfm.layout import ADAPTATIONS
 from fundusfm.task import TaskSpec, read_predictions
@@ -31,14 +32,29 @@ def complete_meta(meta: dict, source: str = "meta") -> dict:
 
 
 def evaluate_run(predictions: str | Path, task: dict, meta: dict, val_predictions: str | Path | None = None,
-                 n_boot: int = 1000, seed: int = 0) -> dict:
+                 n_boot: int = 1000, seed: int = 0, split_table: str | Path | None = None,
+                 task_table: str | Path | None = None) -> dict:
     """The metrics-JSON record of one predictions file (see docs/architecture.md).
 
-    ``meta``: the keys of :data:`META_KEYS` (``adaptation`` may be left out: a fine-tune)."""
+    ``meta``: the keys of :data:`META_KEYS` (``adaptation`` may be left out: a fine-tune).
+    ``split_table``: the table of the evaluated set (the task table; an external set's own
+    split table); the predictions must then hold exactly its images of ``meta``'s fold and
+    set, and the validation predictions only images of the task table's (``task_table``,
+    default ``split_table``) validation rows, all of them without a label fraction
+    (:func:`fundusfm.evaluate.io.check_complete`); the record names the split (``split``)."""
     meta = complete_meta(meta)
     spec = TaskSpec.from_dict(task, meta.get("task"))
     df = read_predictions(predictions, spec)
     val = read_predictions(val_predictions, spec) if val_predictions else None
+    split = None
+    if split_table is not None:
+        rows = split_rows(split_table, meta["fold"], meta["set"])
+        check_complete(df, rows, spec, predictions, f"{split_table} fold{meta['fold']} {meta['set']}")
+        split = split_record(split_table, meta["fold"], meta["set"], rows)
+        if val is not None:
+            vt = task_table or split_table
+            check_complete(val, split_rows(vt, meta["fold"], "val"), spec, val_predictions, f"{vt} fold{meta['fold']} val",
+                           subset=float(meta["fraction"]) < 1)
     res = compute_metrics(df, spec, val_df=val)
     undefined = dict(res["undefined"])
     if val is None and spec.type in ("binary", "multilabel"):
@@ -66,4 +82,5 @@ def evaluate_run(predictions: str | Path, task: dict, meta: dict, val_prediction
                       "n_undefined": {k: v for k, v in boot["n_undefined"].items() if v}},
         "predictions": str(predictions),
         "val_predictions": str(val_predictions) if val_predictions else None,
+        **({"split": split} if split else {}),
     }

@@ -18,6 +18,7 @@ from fundusfm.evaluate.aggregate import clip_to_range
 from fundusfm.evaluate.compare import delong_test, metric_getter, paired_bootstrap_runs, patient_draws
 from fundusfm.evaluate.io import (DEFAULT_ADAPTATION, adaptation_of, align_predictions, arm_label, patient_groups,
                                   read_metrics_json, to_arrays)
+from fundusfm.evaluate.io import check_recorded_split
 from fundusfm.evaluate.metrics import Undefined
 from fundusfm.task import TaskSpec, read_predictions
 
@@ -50,7 +51,9 @@ def load_predictions(rec: dict, spec: TaskSpec, root=None) -> pd.DataFrame | Non
     p = predictions_path(rec, root)
     if p is None or not p.is_file():
         return None
-    return read_predictions(p, spec)
+    df = read_predictions(p, spec)
+    check_recorded_split(df, rec, spec, p)  # still the images of its split (fundusfm.evaluate.io)
+    return df
 
 
 # columns of the paired comparisons (pooled over runs, and per matched pair of runs);

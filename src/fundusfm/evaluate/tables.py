@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from fundusfm.fileio import write_csv, write_text
 from fundusfm.evaluate.aggregate import (AGG_COLUMNS, GROUP_KEYS, LEVEL, MIN_RUNS_FOR_INTERVAL, init_rank,
                                          sort_runs)
 from fundusfm.layout import ADAPTATIONS
@@ -491,13 +492,13 @@ def write_tables(wide: pd.DataFrame, metrics: Sequence[str], task: str, out_pref
     prefix = Path(out_prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     paths = [prefix.with_name(prefix.name + ext) for ext in (".csv", ".md", ".tex")]
-    wide.to_csv(paths[0], index=False, float_format="%.10g")
+    write_csv(paths[0], wide, float_format="%.10g")
     blocks = display_blocks(wide, metrics, digits)
     captions = {s: caption(wide, s, metrics) for s in blocks}
     shown = models_display(models) if has_model_facts(models) else None
-    paths[1].write_text(to_markdown(blocks, task, captions, card, shown))
-    paths[2].write_text(to_latex(blocks, task, captions, shown))
+    write_text(paths[1], to_markdown(blocks, task, captions, card, shown))
+    write_text(paths[2], to_latex(blocks, task, captions, shown))
     if models is not None:
         paths.append(prefix.with_name(prefix.name + "_models.csv"))
-        models.to_csv(paths[-1], index=False, float_format="%.10g")
+        write_csv(paths[-1], models, float_format="%.10g")
     return paths

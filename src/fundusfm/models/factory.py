@@ -17,14 +17,12 @@ import timm
 import torch
 from torch import nn
 
-from fundusfm.train.config import NORMALISATIONS
+from fundusfm.train.config import NORMALISATIONS, RESERVED_MODEL_ARGS
 
 log = logging.getLogger(__name__)
 
 HEADS = ("timm", "paper")
-# timm.create_model arguments fundusfm sets itself: never part of model_args
-RESERVED_MODEL_ARGS = {"num_classes", "img_size", "pretrained", "pretrained_cfg", "pretrained_cfg_overlay",
-                       "drop_rate", "drop_path_rate", "checkpoint_path"}
+# timm.create_model arguments fundusfm sets itself (RESERVED_MODEL_ARGS, fundusfm.train.config) are never model_args
 PAPER_HIDDEN = 512
 IMAGENET_WEIGHTS_ENV = "FUNDUSFM_IMAGENET_WEIGHTS"
 

@@ -8,7 +8,8 @@
 * ``checkpoint:<path>``  external weights: a safetensors file or a torch state dict
   (optionally nested under ``model`` / ``state_dict``, ``module.`` prefixes stripped), or
   the paper's released ResNet50 (a whole pickled ``DataParallel`` module, loaded only
-  with ``trust_pickle=True`` and converted once to ``<path>.safetensors``).  The key
+  with ``trust_pickle=True`` and converted once to ``<results>/conversions/<sha256>.safetensors``,
+  :func:`read_checkpoint`).  The key
   layout is a *format* (:mod:`fundusfm.models.formats`: RETFound MAE, RETFound-Green,
   DINOv2, FLAIR, the paper's release, timm names), detected from the keys unless named.
 
@@ -32,10 +33,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from fundusfm.fileio import atomic_write
+from fundusfm.fileio import write_safetensors
 from fundusfm.hashing import sha256_file
 from fundusfm.models.factory import classifier_name, create, head_prefixes
 
@@ -194,61 +195,89 @@ def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def read_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> tuple[dict[str, torch.Tensor], str | None]:
-    """Read weights from ``path``; returns (state dict, path of a safetensors conversion or None).
+def read_checkpoint(path: str | os.PathLike, trust_pickle: bool = False,
+                    conversions: str | os.PathLike | None = None) -> tuple[dict[str, torch.Tensor], str | None]:
+    """Read weights from ``path``; returns (state dict, path of the safetensors conversion
+    used or written, or None). See :func:`read_checkpoint_file`."""
+    state, converted, _ = read_checkpoint_file(path, trust_pickle, conversions)
+    return state, converted
+
+
+def conversion_path(conversions: str | os.PathLike, source_sha256: str) -> Path:
+    """Where the conversion of a checkpoint with this SHA-256 lives: keyed by the source's
+    bytes, not its name, so a renamed or copied checkpoint finds it and new bytes at the
+    same path never do."""
+    return Path(conversions) / f"{source_sha256}.safetensors"
+
+
+def read_checkpoint_file(path: str | os.PathLike, trust_pickle: bool = False,
+                         conversions: str | os.PathLike | None = None
+                         ) -> tuple[dict[str, torch.Tensor], str | None, bool]:
+    """Read weights from ``path``: ``(state dict, conversion path or None, unpickled)``.
 
     Pickled whole modules (the paper's release) run code when unpickled, so they load
-    only with ``trust_pickle=True``; they are then converted once to ``<path>.safetensors``
-    and later reads use that file while it was made from the same bytes: the source's
-    SHA-256 is in the conversion's header (``source_sha256``), so new weights at the path
-    are converted again whatever their time stamps (``cp -p`` keeps the old one).
+    only with ``trust_pickle=True``. Their conversion to safetensors is kept in the results
+    tree, ``<conversions>/<sha256 of the source>.safetensors`` (``<results>/conversions``,
+    :func:`fundusfm.layout.conversions_dir_of`), its header recording the source's name,
+    SHA-256 and ``trust_pickle``; it is used again only under ``trust_pickle`` and only
+    when its header names these bytes. A file beside the checkpoint (``<path>.safetensors``,
+    where older versions wrote conversions) is never read: anyone who can write next to a
+    checkpoint could plant weights there. Without ``conversions`` nothing is cached.
     """
     path = Path(path)
     if not path.is_file():
         raise InitError(f"checkpoint {path} does not exist")
     if path.suffix == ".safetensors":
-        return _load_safetensors(path), None
-    converted = path.with_name(path.name + ".safetensors")
+        return _load_safetensors(path), None, False
+    beside = path.with_name(path.name + ".safetensors")
+    if beside.is_file():
+        log.info("ignoring %s: a file beside a checkpoint is not taken on its word (conversions live in the "
+                 "results tree, <results>/conversions)", beside)
     source_sha = sha256_file(path)
-    if converted.is_file() and _conversion_source(converted) == source_sha:
-        log.info("using the safetensors conversion %s of %s (same SHA-256)", converted, path)
-        return _load_safetensors(converted), str(converted)
+    converted = conversion_path(conversions, source_sha) if conversions is not None else None
+    if trust_pickle and converted is not None and converted.is_file() and \
+            _conversion_header(converted) == {"source_sha256": source_sha, "trust_pickle": "true"}:
+        log.info("using the safetensors conversion %s of %s (same SHA-256, made under trust_pickle)", converted, path)
+        return _load_safetensors(converted), str(converted), True
     try:
         # MAE / RETFound checkpoints carry their argparse.Namespace ('args'): plain data
         with torch.serialization.safe_globals([argparse.Namespace]):
-            return _unwrap(torch.load(path, map_location="cpu", weights_only=True), path), None
+            return _unwrap(torch.load(path, map_location="cpu", weights_only=True), path), None, False
     except pickle.UnpicklingError as exc:
         if not trust_pickle:
-            stale = (f" ({converted.name} exists but was made from other bytes)" if converted.is_file() else "")
             raise InitError(
                 f"{path} is not a plain state dict: it is a pickled Python object (e.g. the "
                 "paper's released DataParallel ResNet50), and unpickling runs code from the file. "
                 "If you trust its origin, pass --trust-pickle (trust_pickle=True); it is then "
-                f"converted once to {converted.name}{stale}.\n(torch said: {str(exc).splitlines()[0]})"
+                "converted once to safetensors in the results tree (<results>/conversions)."
+                f"\n(torch said: {str(exc).splitlines()[0]})"
             ) from exc
     log.warning("unpickling %s as a whole Python object (trusted by --trust-pickle)", path)
     state = _unwrap(torch.load(path, map_location="cpu", weights_only=False), path)
     state = {k: v.detach().contiguous() for k, v in state.items()}
+    if converted is None:
+        return state, None, True
     try:
-        atomic_write(converted, lambda p: save_file(state, str(p), metadata={"source": path.name,
-                                                                          "source_sha256": source_sha}))
+        write_safetensors(converted, state, metadata={"source": path.name, "source_sha256": source_sha,
+                                                      "trust_pickle": "true"})
         log.info("converted %s to %s", path, converted)
-        return state, str(converted)
-    except OSError as exc:  # read-only location: still usable, just not cached
-        log.warning("could not write safetensors conversion next to %s: %s", path, exc)
-        return state, None
+        return state, str(converted), True
+    except OSError as exc:  # read-only results tree: still usable, just not cached
+        log.warning("could not write the safetensors conversion %s of %s: %s", converted, path, exc)
+        return state, None, True
 
 
-def _conversion_source(converted: Path) -> str | None:
-    """``source_sha256`` of a conversion's header (``None``: unreadable or made before
-    conversions recorded it, so it is redone)."""
+def _conversion_header(converted: Path) -> dict | None:
+    """``source_sha256`` and ``trust_pickle`` of a conversion's header (``None``:
+    unreadable, so it is redone)."""
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(converted), "pt") as fh:
-            return (fh.metadata() or {}).get("source_sha256")
+            meta = fh.metadata() or {}
     except (SafetensorError, OSError):
         return None
+    return {k: meta.get(k) for k in ("source_sha256", "trust_pickle")}
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -305,8 +334,12 @@ def load_init(
     checkpoint_format: str = "auto",
     key_map: dict[str, str | None] | None = None,
     carry_head: str = "none",
+    conversions: str | os.PathLike | None = None,
 ) -> KeyReport:
     """Load the init source ``init_spec`` into ``model`` in place and return the key report.
+
+    ``conversions``: the folder of safetensors conversions of trusted pickles (see
+    :func:`read_checkpoint_file`; ``None``: converted in memory each time).
 
     ``checkpoint_format`` names the key layout of a ``checkpoint:`` file (one of
     :func:`fundusfm.models.formats.names`; ``auto`` detects it from the keys); ``key_map``
@@ -326,10 +359,10 @@ def load_init(
         ref = create(arch, num_classes=1000, head="timm", pretrained_init="imagenet", imagenet_weights=imagenet_weights)
         state = ref.state_dict()
         source = f"imagenet:{arch}"
-        converted, path, checkpoint_format = None, None, "timm"
+        converted, path, checkpoint_format, unpickled = None, None, "timm", False
     elif init_spec.startswith("checkpoint:"):
         path = init_spec[len("checkpoint:"):]
-        state, converted = read_checkpoint(path, trust_pickle=trust_pickle)
+        state, converted, unpickled = read_checkpoint_file(path, trust_pickle=trust_pickle, conversions=conversions)
         source = f"checkpoint:{path}"
     else:
         raise InitError(f"unknown init {init_spec!r}: use random | imagenet | checkpoint:<path>")
@@ -338,7 +371,7 @@ def load_init(
 
     pre, raw = KeyReport(source=source), state
     state = apply_key_map(state, key_map or {}, pre)
-    ck = formats.checkpoint_from(state, path, unpickled=converted is not None)
+    ck = formats.checkpoint_from(state, path, unpickled=unpickled)
     state = formats.convert(ck, model, pre, checkpoint_format)
     keep, report = match_state_dict(model, state, source, carry_head=carry_head)
     report.converted_to = converted

@@ -120,6 +120,13 @@ def preprocess_main(argv: list[str] | None = None) -> int:
                     help="fail (after writing qc.csv) when rejected+error rows exceed this fraction")
     ap.add_argument("--thresholds", help="quality thresholds: JSON string or YAML/JSON file")
     ap.add_argument("--max-pixels", type=int, default=150_000_000, help="refuse larger images (bomb guard)")
+    ap.add_argument("--max-decode-pixels", type=int, default=40_000_000,
+                    help="refuse images that would decode to more pixels (every format but a DCT-scaled JPEG decodes "
+                         "at full size): the memory bound of a worker [40 MP]")
+    ap.add_argument("--monochrome", choices=["reject", "keep"], default="reject",
+                    help="monochrome (red-free, grey-scale) photographs: reject (default) or keep where expected")
+    ap.add_argument("--alpha", choices=["flatten", "refuse"], default="flatten",
+                    help="images with transparent pixels: flatten onto black with a warning (default) or refuse")
     ap.add_argument("--no-fov-fallback", action="store_true",
                     help="reject photos without a clean rim circle instead of taking the bright region as the field of view")
     ap.add_argument("--gallery", help="also write the QC gallery PNG here")
@@ -138,7 +145,8 @@ def preprocess_main(argv: list[str] | None = None) -> int:
     try:
         spec = PreprocessSpec(size=a.size, normalise=a.normalise, format=a.format, max_pixels=a.max_pixels,
                               thresholds=thresholds_from_dict(_load_thresholds(a.thresholds)),
-                              fov_fallback=not a.no_fov_fallback)
+                              fov_fallback=not a.no_fov_fallback, max_decode_pixels=a.max_decode_pixels,
+                              monochrome=a.monochrome, alpha=a.alpha)
     except ValueError as e:
         ap.error(str(e))
     inputs = manifest_inputs(a.manifest, a.root) if a.manifest else collect_inputs(a.inputs)

@@ -10,6 +10,16 @@ Pillow's ``draft`` decode, ~25 % less CPU and no PIL -> numpy copy. Everything e
 (CMYK, grayscale, 16-bit, alpha, palette, rotated, or any file OpenCV refuses) goes
 through Pillow. Every failure becomes :class:`ImageReadError` with a message naming the
 file, so one bad image never stops a stage.
+
+Decoding is bounded: JPEGs decode DCT-scaled, and an image that would still decode to more
+than ``max_decode_pixels`` (every other format decodes at full size: a 12000x12000 PNG is
+~430 MB of RGB before any copy) is refused from its header, before a pixel is decoded.
+``benchmarks/decode_memory.py`` measures the peak memory of a worker. Only files with a
+photograph's suffix (:data:`fundusfm.imagetypes.IMAGE_SUFFIXES`) are read.
+
+What the file is, beyond its pixels, is reported for the QC table to act on: whether
+transparency was flattened onto black (:attr:`Decoded.alpha`) and whether the photograph
+is monochrome (:func:`monochrome_reason`: red-free / grey-scale photographs).
 """
 
 from __future__ import annotations
@@ -22,14 +32,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
+
 from fundusfm.fileio import atomic_write
+from fundusfm.imagetypes import IMAGE_SUFFIXES, unsupported_reason
 
 # We run our own pixel-count guard (max_pixels) before any decode; Pillow's own
 # DecompressionBombWarning would only duplicate it.
 Image.MAX_IMAGE_PIXELS = None
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never half an image
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".ppm", ".pgm", ".webp", ".jp2")
+IMAGE_EXTENSIONS = IMAGE_SUFFIXES  # the one list (fundusfm.imagetypes)
 
 
 class ImageReadError(Exception):
@@ -42,7 +54,8 @@ class Decoded:
 
     ``image``: HxWx3 uint8 RGB array. ``scale`` maps decoded pixels to original ones:
     original = scale * (x + 0.5) - 0.5 (pixel centres at integer coordinates).
-    ``width``/``height`` are the original size after EXIF orientation.
+    ``width``/``height`` are the original size after EXIF orientation. ``alpha``: the
+    file had transparent pixels, flattened onto black (background, not FOV).
     """
 
     image: np.ndarray
@@ -50,6 +63,7 @@ class Decoded:
     height: int
     scale: float
     source_mode: str
+    alpha: bool = False
 
     def pil(self) -> Image.Image:
         """The decoded image as a Pillow RGB image (no copy)."""
@@ -89,7 +103,7 @@ def _to_rgb(im: Image.Image) -> Image.Image:
         div = 257.0 if hi > 255 else 1.0
         a8 = np.clip(a / div + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(a8, "L").convert("RGB")
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+    if has_alpha(im):
         # Transparent pixels become black, i.e. background, not FOV.
         rgba = im.convert("RGBA")
         bg = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
@@ -97,15 +111,65 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")  # L, P, CMYK, YCbCr, LAB, 1, ...
 
 
-def read_image(path: str | os.PathLike, min_side: int | None = None, max_pixels: int = 150_000_000) -> Decoded:
+def has_alpha(im: Image.Image) -> bool:
+    """Whether an image has a transparency channel (or a transparent palette entry)."""
+    return im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info)
+
+
+def _transparent(im: Image.Image) -> bool:
+    """Whether any pixel of an image with a transparency channel is not fully opaque."""
+    try:
+        lo, _ = im.convert("RGBA").getchannel("A").getextrema()
+    except Exception:  # noqa: BLE001 - an exotic mode: count it as transparent, the row says so
+        return True
+    return lo < 255
+
+
+# monochrome test (on a subsample of the decoded image): pixels brighter than this in their
+# brightest channel are looked at; channels closer than MONO_SPREAD (mean absolute
+# difference, 0-255) count as equal; one channel above MONO_SHARE of the brightness alone
+# is a one-channel image. Colour fundus photographs differ by 40-120 between red and green.
+MONO_MIN_LEVEL = 24
+MONO_SPREAD = 4.0
+MONO_SHARE = 0.97
+_MONO_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
+def monochrome_reason(dec: Decoded) -> str | None:
+    """Why a decoded photograph is monochrome (red-free or grey-scale, not a colour fundus
+    photograph), or ``None``: a single-channel file; red = green = blue; or all its light
+    in one channel (a red-free capture stored as RGB)."""
+    if dec.source_mode in _MONO_MODES:
+        return f"monochrome photograph (single-channel {dec.source_mode} file; red-free?)"
+    a = dec.image[::4, ::4].reshape(-1, 3)
+    a = a[a.max(axis=1) > MONO_MIN_LEVEL].astype(np.int16)
+    if len(a) < 100:
+        return None  # (nearly) black: the FOV check words that
+    spread = max(float(np.abs(a[:, 0] - a[:, 1]).mean()), float(np.abs(a[:, 1] - a[:, 2]).mean()))
+    if spread < MONO_SPREAD:
+        return f"monochrome photograph (red = green = blue, mean difference {spread:.1f}; red-free?)"
+    share = a.sum(axis=0) / max(float(a.sum()), 1.0)
+    if share.max() > MONO_SHARE:
+        return (f"monochrome photograph (all light in the {'red green blue'.split()[int(share.argmax())]} channel; "
+                "red-free?)")
+    return None
+
+
+def read_image(path: str | os.PathLike, min_side: int | None = None, max_pixels: int = 150_000_000,
+               max_decode_pixels: int | None = None) -> Decoded:
     """Decode ``path`` to an RGB array, at reduced size when the format allows.
 
     ``min_side``: the smaller side of the decoded image should stay >= this (JPEG DCT
     scaling picks the strongest 1/2, 1/4, 1/8 reduction that keeps it); ``None`` decodes
     at full size. ``max_pixels`` refuses absurdly large images (decompression bombs)
-    before any pixel is decoded.
+    before any pixel is decoded; ``max_decode_pixels`` refuses an image that would
+    *decode* to more pixels than that (any format but a DCT-scaled JPEG decodes at full
+    size), also from the header alone. Files without a photograph's suffix are refused.
     """
     p = Path(path)
+    not_image = unsupported_reason(p)
+    if not_image:
+        raise ImageReadError(not_image)
     try:
         size = p.stat().st_size
     except OSError as e:
@@ -125,6 +189,13 @@ def read_image(path: str | os.PathLike, min_side: int | None = None, max_pixels:
                 )
             mode = im.mode
             k = _jpeg_factor(w0, h0, min_side) if im.format == "JPEG" else 1
+            decoded = -(-w0 // k) * -(-h0 // k)
+            if max_decode_pixels and decoded > max_decode_pixels:
+                how = f"1/{k} scale" if k > 1 else "full size"
+                raise ImageReadError(
+                    f"{p}: {w0}x{h0} {im.format or ''} decodes at {how} to {decoded / 1e6:.0f} MP, more than "
+                    f"max_decode_pixels {max_decode_pixels / 1e6:.0f} MP (memory bound per worker; raise "
+                    "preprocess.max_decode_pixels if such images are expected)")
             if im.format == "JPEG" and mode == "RGB" and _CV_RGB is not None and _orientation(im) == 1:
                 im.fp.seek(0)  # the header is parsed, nothing decoded: hand the bytes to OpenCV
                 arr = cv2.imdecode(np.frombuffer(im.fp.read(), np.uint8),
@@ -140,6 +211,7 @@ def read_image(path: str | os.PathLike, min_side: int | None = None, max_pixels:
             im.load()
             scale = w0 / im.size[0]
             ImageOps.exif_transpose(im, in_place=True)
+            alpha = has_alpha(im) and _transparent(im)
             rgb = np.asarray(_to_rgb(im))
     except ImageReadError:
         raise
@@ -154,7 +226,7 @@ def read_image(path: str | os.PathLike, min_side: int | None = None, max_pixels:
     hh, ww = rgb.shape[:2]
     if (ww >= hh) != (w0 >= h0) and w0 != h0:
         w0, h0 = h0, w0
-    return Decoded(image=rgb, width=w0, height=h0, scale=scale, source_mode=mode)
+    return Decoded(image=rgb, width=w0, height=h0, scale=scale, source_mode=mode, alpha=alpha)
 
 
 # How each stored format is encoded (``preprocess.format``). The training copies are read
@@ -190,7 +262,12 @@ def encode_image(arr: np.ndarray, fmt: str) -> bytes:
     return buf.tobytes()
 
 
-def write_image(arr: np.ndarray, path: str | os.PathLike, fmt: str) -> None:
-    """Write an RGB uint8 array in a stored format of :data:`FORMATS`, atomically."""
+def write_image(arr: np.ndarray, path: str | os.PathLike, fmt: str) -> str:
+    """Write an RGB uint8 array in a stored format of :data:`FORMATS`, atomically; returns
+    the file's content digest (:func:`fundusfm.hashing.fast_digest_bytes`), which the QC
+    table records and training checks."""
+    from fundusfm.hashing import fast_digest_bytes
+
     data = encode_image(arr, fmt)
     atomic_write(path, lambda p: p.write_bytes(data))
+    return fast_digest_bytes(data)

@@ -27,9 +27,10 @@ import pandas as pd
 
 from fundusfm.preprocess import crop as _crop
 from fundusfm.preprocess.fov import detect_fov
-from fundusfm.preprocess.io import ImageReadError, read_image, write_image
+from fundusfm.hashing import fast_digest_file
+from fundusfm.preprocess.io import ImageReadError, monochrome_reason, read_image, write_image
 from fundusfm.preprocess.quality import QUALITY_SIZE, SCORES, QualityThresholds, grade, quality_scores
-from fundusfm.fileio import write_csv, write_text
+from fundusfm.fileio import OutputError, write_csv, write_text
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,10 @@ ALGORITHM_VERSION = "3"  # 2: OpenCV decode, area+affine resize; 3: cuts on 4 si
 
 QC_COLUMNS = ["image_id", "path", "status", "reason", "quality", *SCORES,
               "fov_cx", "fov_cy", "fov_r", "fov_top", "fov_bottom", "fov_left", "fov_right", "fov_method",
-              "width", "height", "processed_path"]
+              "width", "height", "processed_path", "processed_xxh3"]
+# monochrome (red-free) photographs and images with transparency: what preprocessing does
+MONOCHROME = ("reject", "keep")
+ALPHA = ("flatten", "refuse")
 
 
 class TooManyRejects(RuntimeError):
@@ -55,6 +59,11 @@ class PreprocessSpec:
     ``thresholds``: quality grade limits; ``fov_fallback``: when no clean rim circle fits
     a colour fundus photograph, take the bright region as its field of view
     (``fov_method`` ``mask`` in the QC table) instead of rejecting it.
+    ``max_decode_pixels``: an image that would decode to more pixels (any format but a
+    DCT-scaled JPEG decodes at full size) is an error row, unread (memory per worker);
+    ``monochrome``: ``reject`` a monochrome (red-free, grey-scale) photograph, or ``keep``
+    it where the study expects them (the reason says so either way); ``alpha``:
+    ``flatten`` transparency onto black (the reason says so) or ``refuse`` such images.
     """
 
     size: int = 512
@@ -64,6 +73,9 @@ class PreprocessSpec:
     max_pixels: int = 150_000_000
     thresholds: QualityThresholds = field(default_factory=QualityThresholds)
     fov_fallback: bool = True
+    max_decode_pixels: int = 40_000_000
+    monochrome: str = "reject"
+    alpha: str = "flatten"
 
     def __post_init__(self):
         if isinstance(self.thresholds, dict):
@@ -74,6 +86,10 @@ class PreprocessSpec:
             raise ValueError(f"format={self.format!r}: choose 'png' or 'jpg'")
         if not 16 <= int(self.size) <= 8192:
             raise ValueError(f"size={self.size}: must be between 16 and 8192")
+        if self.monochrome not in MONOCHROME:
+            raise ValueError(f"monochrome={self.monochrome!r}: choose one of {MONOCHROME}")
+        if self.alpha not in ALPHA:
+            raise ValueError(f"alpha={self.alpha!r}: choose one of {ALPHA}")
 
     @classmethod
     def from_dict(cls, d: dict) -> PreprocessSpec:
@@ -101,7 +117,7 @@ def thresholds_from_dict(d: dict) -> QualityThresholds:
 
 def _empty_row(path) -> dict:
     row = {c: None for c in QC_COLUMNS}
-    row.update(path=str(path), reason="", quality="", processed_path="")
+    row.update(path=str(path), reason="", quality="", processed_path="", processed_xxh3="")
     return row
 
 
@@ -133,7 +149,7 @@ def process_image(path: str | os.PathLike, spec: PreprocessSpec | None = None) -
 
 def _process(path, spec: PreprocessSpec, row: dict) -> tuple[dict, np.ndarray | None]:
     need = max(int(spec.size), QUALITY_SIZE)
-    dec = read_image(path, min_side=need, max_pixels=spec.max_pixels)
+    dec = read_image(path, min_side=need, max_pixels=spec.max_pixels, max_decode_pixels=spec.max_decode_pixels)
     row.update(width=dec.width, height=dec.height)
     if min(dec.width, dec.height) < spec.min_side:
         row.update(status="rejected", quality="reject",
@@ -143,11 +159,14 @@ def _process(path, spec: PreprocessSpec, row: dict) -> tuple[dict, np.ndarray | 
     if not fov_d.found:
         row.update(status="rejected", quality="reject", reason=fov_d.reason)
         return row, None
+    notes = _input_notes(path, dec, spec, row)  # after the FOV: "no field of view" says more of a non-fundus
+    if notes is None:
+        return row, None
     fov = fov_d.scaled(dec.scale)
     if 2 * fov_d.square[2] < need and dec.scale > 1:
         # the FOV is small in the frame: decode larger so the crop is not upsampled
         side = math.ceil(need * min(dec.width, dec.height) / (2 * fov.square[2]))
-        dec = read_image(path, min_side=side, max_pixels=spec.max_pixels)
+        dec = read_image(path, min_side=side, max_pixels=spec.max_pixels, max_decode_pixels=spec.max_decode_pixels)
         fov_d = fov.scaled(1 / dec.scale)
     row.update(fov_cx=_r(fov.cx), fov_cy=_r(fov.cy), fov_r=_r(fov.r), fov_top=_r(fov.top), fov_bottom=_r(fov.bottom),
                fov_left=_r(fov.left), fov_right=_r(fov.right), fov_method=fov.method)
@@ -161,6 +180,7 @@ def _process(path, spec: PreprocessSpec, row: dict) -> tuple[dict, np.ndarray | 
     q, reasons = grade(scores, spec.thresholds)
     if fov.method != "circle":  # the fallback is recorded, and shown in the gallery
         reasons = [fov_d.reason, *reasons]
+    reasons = [*notes, *reasons]
     row.update(scores)
     row.update(quality=q, reason="; ".join(reasons))
     if q == "reject":
@@ -168,6 +188,30 @@ def _process(path, spec: PreprocessSpec, row: dict) -> tuple[dict, np.ndarray | 
         return row, None
     row["status"] = "ok"
     return row, _crop.normalise(img, mask, spec.normalise)
+
+
+def _input_notes(path, dec, spec: PreprocessSpec, row: dict) -> list[str] | None:
+    """What the input is beyond its pixels, as QC reasons: transparency flattened and a
+    monochrome (red-free) photograph, each kept or rejected as ``spec`` says. ``None``:
+    rejected (``row`` says why)."""
+    notes = []
+    if dec.alpha:
+        if spec.alpha == "refuse":
+            row.update(status="rejected", quality="reject",
+                       reason="transparent pixels (alpha channel); refused by preprocess.alpha: refuse")
+            return None
+        log.warning("%s: transparent pixels flattened onto black (preprocess.alpha: refuse to reject such images)",
+                    path)
+        notes.append("transparency flattened onto black")
+    mono = monochrome_reason(dec)
+    if mono:
+        if spec.monochrome == "reject":
+            row.update(status="rejected", quality="reject",
+                       reason=f"{mono}: not a colour fundus photograph (preprocess.monochrome: keep where "
+                              "red-free photographs are expected)")
+            return None
+        notes.append(f"{mono}, kept (preprocess.monochrome: keep)")
+    return notes
 
 
 # ------------------------------------------------------------------------------ many
@@ -178,9 +222,10 @@ def _check_id(image_id: str) -> None:
 
 
 def _fingerprint(path: str) -> str:
+    """The input's identity for the QC cache: its content digest (a file replaced in place
+    with the same size and time stamp is redone), ``missing`` when unreadable."""
     try:
-        st = os.stat(path)
-        return f"{st.st_size}:{st.st_mtime_ns}"
+        return fast_digest_file(path)
     except OSError:
         return "missing"
 
@@ -194,8 +239,10 @@ def _work(args) -> dict:
     row["image_id"] = image_id
     if img is not None:
         try:
-            write_image(img, out_dir / rel, spec.format)
+            row["processed_xxh3"] = write_image(img, out_dir / rel, spec.format)
             row["processed_path"] = rel
+        except OutputError:
+            raise  # disk full, read-only, no permission: the whole step stops, saying so
         except OSError as e:
             row.update(status="error", reason=f"{out_dir / rel}: cannot write ({e})")
     else:
@@ -214,8 +261,12 @@ def _cached(image_id: str, out_dir: Path, key: str) -> dict | None:
     row = d.get("row") or {}
     if d.get("key") != key:
         return None
-    if row.get("status") == "ok" and not (out_dir / row.get("processed_path", "")).is_file():
-        return None
+    if row.get("status") == "ok":
+        try:  # the processed copy must still be the one written (it is small: cheap to check)
+            if fast_digest_file(out_dir / row.get("processed_path", "")) != row.get("processed_xxh3"):
+                return None
+        except OSError:
+            return None
     return row
 
 
@@ -279,7 +330,7 @@ def preprocess_many(inputs, out_dir, spec: PreprocessSpec | None = None, workers
         seen[image_id] = path
     out_dir.mkdir(parents=True, exist_ok=True)
     spec_d = asdict(spec)
-    (out_dir / "preprocess_spec.json").write_text(json.dumps(spec_d, indent=1, sort_keys=True))
+    write_text(out_dir / "preprocess_spec.json", json.dumps(spec_d, indent=1, sort_keys=True))
     skey = spec.key()
 
     rows: dict[str, dict] = {}

@@ -23,9 +23,9 @@ from __future__ import annotations
 __all__ = ["load_model"]
 
 
-def load_model(release_dir, device="cpu"):
-    """A released model ready to predict, with its own preprocessing (see
-    :func:`fundusfm.release.loading.load_model`)."""
+def load_model(release_dir, device="cpu", trusted_keys=None):
+    """A released model ready to predict, with its own preprocessing; ``trusted_keys``
+    (public key files) verify who signed it (see :func:`fundusfm.release.loading.load_model`)."""
     from fundusfm.release.loading import load_model as _load
 
-    return _load(release_dir, device=device)
+    return _load(release_dir, device=device, trusted_keys=trusted_keys)

@@ -64,6 +64,20 @@ def _training(tr: dict) -> list[str]:
     return lines
 
 
+def _authorship(ff: dict) -> list[str]:
+    a = ff.get("authorship") or {"signed": False}
+    integrity = ("`config.json` carries the SHA-256 of itself and of every release file (`fundusfm.signature`, "
+                 "`fundusfm.files`): `fundusfm predict` and `fundusfm.load_model` refuse a changed file.")
+    if not a.get("signed"):
+        return [f"**Integrity only, unsigned.** {integrity} Anyone can recompute those digests after an edit, so "
+                "they do not show who made the release; ask its author for a signed export "
+                "(`fundusfm export --sign-key`)."]
+    return [f"**Signed** with Ed25519 key `{a['key_id']}`. {integrity} Verify the author with "
+            "`fundusfm predict --trusted-key AUTHOR.pub ...` or `fundusfm.load_model(DIR, trusted_keys=['AUTHOR.pub'])` "
+            "(or list trusted keys in `$FUNDUSFM_TRUSTED_KEYS`): a release changed and re-signed without the key is "
+            "refused. Get the public key from its author, not from this folder."]
+
+
 def render_card(cfg: dict) -> str:
     """Markdown model card of a release ``config.json``."""
     ff = cfg["fundusfm"]
@@ -112,6 +126,7 @@ def render_card(cfg: dict) -> str:
          "The weights hold timm's own linear head: `timm.create_model('local-dir:RELEASE_DIR', "
          "pretrained=True)` is the full classifier (same logits as `fundusfm.load_model`)."), "",
         "The release is data only: `model.safetensors`, `config.json`, this card. Nothing is unpickled.", "",
+        "## Authenticity", "", *_authorship(ff), "",
         "## Preprocessing (the model expects exactly this)", "",
         *[f"{i}. {s}" for i, s in enumerate(pp["steps"], 1)], "",
         f"Spec (`config.json` → `fundusfm.preprocessing.preprocess_spec`, algorithm version "

@@ -43,6 +43,9 @@ def export_main(argv: list[str] | None = None) -> int:
     p.add_argument("--study", default=None, help="study name (MLflow experiment; model card)")
     p.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples for the test-set CIs [200]")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sign-key", default=None, metavar="KEY",
+                   help="Ed25519 private key (PEM or OpenSSH; fundusfm keygen) that signs the release; without it the "
+                        "release is 'integrity only, unsigned'")
     a = p.parse_args(argv)
     results = Path(a.results or "results")
     out = Path(a.out) if a.out else results / "release"
@@ -53,7 +56,7 @@ def export_main(argv: list[str] | None = None) -> int:
             str(t) for t in (results / "tables").glob("*.csv") if "_" not in t.stem or
             (results / "tables" / f"{t.stem}.md").is_file())
         export(run_dir, out, results=a.results, tables=tables, licence=a.licence, study=a.study,
-               preprocess_spec=a.preprocess_spec, n_boot=a.n_boot, seed=a.seed)
+               preprocess_spec=a.preprocess_spec, n_boot=a.n_boot, seed=a.seed, sign_key=a.sign_key)
     except (ReleaseError, ValueError, KeyError) as e:
         print(f"fundusfm export: {e}", file=sys.stderr)
         return 1
@@ -74,6 +77,9 @@ def predict_main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1, help="preprocessing processes [1]")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--trusted-key", action="append", default=[], metavar="PUB",
+                   help="public key (file or folder of *.pub/*.pem) of an author you trust: the release must carry "
+                        "a valid Ed25519 signature by one of them (repeatable; $FUNDUSFM_TRUSTED_KEYS adds more)")
     a = p.parse_args(argv)
     import torch
     from safetensors import SafetensorError
@@ -98,7 +104,9 @@ def _predict(a) -> int:
     from fundusfm.release.predict import expand_inputs, predict_inputs
 
     paths = expand_inputs(a.inputs, a.path_column)
-    released = load_model(a.model, device=a.device)  # every release check happens here, before any image is read
+    # every release check happens here, before any image is read
+    released = load_model(a.model, device=a.device, trusted_keys=a.trusted_key)
+    print(f"fundusfm predict (release {a.model}): {released.authenticity}", file=sys.stderr)
     if not paths:
         print("fundusfm predict: the inputs hold no files", file=sys.stderr)
         return 1
@@ -109,4 +117,24 @@ def _predict(a) -> int:
     counts = df["status"].value_counts().to_dict()
     log.info("%d rows: %d ok, %d rejected, %d error -> %s", len(df), counts.get("ok", 0), counts.get("rejected", 0),
              counts.get("error", 0), out)
+    return 0
+
+
+def keygen_main(argv: list[str] | None = None) -> int:
+    """``fundusfm keygen``: a new Ed25519 key pair to sign releases with (``--out NAME``
+    writes NAME.pem, private, mode 0600, and NAME.pub, public: give the .pub to users)."""
+    from fundusfm.release import signing
+
+    p = argparse.ArgumentParser(prog="fundusfm keygen", description=keygen_main.__doc__)
+    p.add_argument("--out", required=True, help="path and name of the pair, without suffix")
+    a = p.parse_args(argv)
+    try:
+        priv, pub = signing.generate(a.out)
+    except signing.SigningKeyError as e:
+        print(f"fundusfm keygen: {e}", file=sys.stderr)
+        return 1
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    print(f"private key {priv} (keep it secret), public key {pub}: "
+          f"{signing.key_id(load_pem_public_key(pub.read_bytes()))}")
     return 0

@@ -21,10 +21,10 @@ from pathlib import Path
 import pandas as pd
 
 from fundusfm import layout
-from fundusfm.fileio import atomic_write, write_text
+from fundusfm.fileio import write_safetensors, write_text
 from fundusfm.hashing import sha256_file
 from fundusfm.release.loading import (CARD_FILE, CONFIG_FILE, FORMAT, FORMAT_VERSION, META_KEYS, RELEASE_FILES,
-                                      WEIGHTS_FILE, ReleaseError, check_model_meta, sign_config)
+                                      WEIGHTS_FILE, ReleaseError, authorship_block, check_model_meta, sign_config)
 
 log = logging.getLogger("fundusfm.export")
 
@@ -222,7 +222,7 @@ def timm_config(meta: dict, num_features: int | None, licence: str) -> dict:
 
 
 def build_config(meta: dict, spec: dict, *, num_features: int | None, training: dict, metrics: dict,
-                 licence: str, source: dict, software: dict, files: dict) -> dict:
+                 licence: str, source: dict, software: dict, files: dict, authorship: dict | None = None) -> dict:
     """``config.json`` of a release (pure: everything comes in as arguments)."""
     from fundusfm.data.vocab import LABELS
     from fundusfm.preprocess.io import FORMATS
@@ -253,6 +253,7 @@ def build_config(meta: dict, spec: dict, *, num_features: int | None, training: 
         "label_vocabulary": {k: {"values": list(v.values), "description": v.description} for k, v in LABELS.items()},
         "training": training, "metrics": metrics, "licence": licence, "source": source,
         "versions": software, "files": files,
+        "authorship": authorship or authorship_block(None),
     }
     return cfg
 
@@ -261,18 +262,23 @@ def build_config(meta: dict, spec: dict, *, num_features: int | None, training: 
 
 def export(run_dir: str | Path, out_dir: str | Path, *, results: str | Path | None = None,
            tables=(), licence: str = DEFAULT_LICENCE, study: str | None = None,
-           preprocess_spec: str | Path | None = None, n_boot: int = 200, seed: int = 0) -> Path:
+           preprocess_spec: str | Path | None = None, n_boot: int = 200, seed: int = 0,
+           sign_key: str | Path | None = None) -> Path:
     """Write the release of the training output ``run_dir`` into ``out_dir``.
 
-    Returns ``out_dir``. Files appear only complete (temporary name, then rename); the
-    folder holds exactly :data:`RELEASE_FILES`.
+    ``sign_key``: an Ed25519 private key file (:mod:`fundusfm.release.signing`); the
+    release is then signed by it, else it carries its integrity digest only (``integrity
+    only, unsigned``, as the card says). Returns ``out_dir``. Files appear only complete
+    (temporary name, then rename); the folder holds exactly :data:`RELEASE_FILES`; the
+    same inputs give the same bytes.
     """
     from safetensors import safe_open
-    from safetensors.torch import save_file
 
     from fundusfm.preprocess.pipeline import PreprocessSpec
+    from fundusfm.release import signing
     from fundusfm.release.card import render_card
 
+    private_key = signing.load_private_key(sign_key) if sign_key else None  # a bad key fails before any work
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     meta, train_cfg = read_run(run_dir)
     training, spec = training_data(train_cfg, results)
@@ -301,19 +307,19 @@ def export(run_dir: str | Path, out_dir: str | Path, *, results: str | Path | No
     # the same tensors; the header's metadata says what they are (str -> str only)
     header = {"format": "pt", "architecture": meta["arch"], "head": meta["head"],
               "num_classes": str(meta["num_classes"]), "fundusfm_release": str(FORMAT_VERSION)}
-    atomic_write(weights, lambda p: save_file({k: v.contiguous() for k, v in state.items()}, str(p), metadata=header))
+    write_safetensors(weights, state, metadata=header)  # sorted header: the same tensors give the same bytes
     files = {WEIGHTS_FILE: {"sha256": sha256_file(weights), "bytes": weights.stat().st_size}}
     cfg = build_config(meta, spec, num_features=num_features, training=training, metrics=metrics, licence=licence,
-                       source=source, software=software, files=files)
+                       source=source, software=software, files=files, authorship=authorship_block(private_key))
     card = render_card(cfg)
     write_text(out_dir / CARD_FILE, card)
     files[CARD_FILE] = {"sha256": sha256_file(out_dir / CARD_FILE), "bytes": (out_dir / CARD_FILE).stat().st_size}
     # signed as it reads back (JSON types), so that loading recomputes the same digest
-    cfg = sign_config(json.loads(json.dumps(cfg, allow_nan=False)))
+    cfg = sign_config(json.loads(json.dumps(cfg, allow_nan=False)), private_key)
     check_model_meta(cfg, out_dir / CONFIG_FILE)  # never write a release that loading refuses
     write_text(out_dir / CONFIG_FILE, json.dumps(cfg, indent=2, allow_nan=False) + "\n")
-    log.info("release of %s (%s, %s head, classes %s) -> %s", run_dir, meta["arch"], meta["head"],
-             meta["classes"], out_dir)
+    log.info("release of %s (%s, %s head, classes %s) -> %s; %s", run_dir, meta["arch"], meta["head"],
+             meta["classes"], out_dir, cfg["fundusfm"]["authorship"]["statement"])
     return out_dir
 
 

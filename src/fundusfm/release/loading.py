@@ -33,12 +33,13 @@ WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "README.md"
 RELEASE_FILES = (WEIGHTS_FILE, CONFIG_FILE, CARD_FILE)
 FORMAT = "fundusfm-release"
-FORMAT_VERSION = 2  # 2: config.json is signed (fundusfm.signature)
+FORMAT_VERSION = 3  # 2: config.json carries its integrity digest; 3: and its authorship (fundusfm.authorship)
 # what fundusfm.train.infer.predict_batch and the model factory need from the config
 META_KEYS = ("arch", "head", "num_classes", "classes", "task_type", "img_size", "mean", "std")
 TASK_TYPES = ("binary", "multiclass", "ordinal", "multilabel")
 SIGNATURE_SCOPE = ("SHA-256 of config.json without fundusfm.signature, as JSON with sorted keys and no "
                    "whitespace; it covers fundusfm.files, so the SHA-256 of every release file")
+ED25519_SCOPE = "Ed25519 signature (RFC 8032) of the same bytes the SHA-256 digest is taken of"
 
 
 class ReleaseError(ValueError):
@@ -72,28 +73,59 @@ def read_config(release_dir: str | Path) -> dict:
 
 # ----------------------------------------------------------------------------- integrity
 
-def config_digest(cfg: dict) -> str:
-    """SHA-256 of ``config.json`` as data, without ``fundusfm.signature`` (see
-    :data:`SIGNATURE_SCOPE`): independent of indentation and key order, sensitive to every
-    value, the file list with the weights' SHA-256 included."""
+def signed_bytes(cfg: dict) -> bytes:
+    """The bytes the digest and the signature of ``config.json`` are taken of: the config
+    as data without ``fundusfm.signature`` (see :data:`SIGNATURE_SCOPE`), independent of
+    indentation and key order, sensitive to every value, the file list with the weights'
+    SHA-256 included."""
     body = dict(cfg, fundusfm={k: v for k, v in cfg["fundusfm"].items() if k != "signature"})
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
 
 
-def sign_config(cfg: dict) -> dict:
-    """``cfg`` (as it reads back from JSON) with ``fundusfm.signature`` set."""
-    cfg["fundusfm"]["signature"] = {"algorithm": "sha256", "scope": SIGNATURE_SCOPE, "digest": config_digest(cfg)}
+def config_digest(cfg: dict) -> str:
+    """SHA-256 of :func:`signed_bytes`."""
+    return hashlib.sha256(signed_bytes(cfg)).hexdigest()
+
+
+def authorship_block(private_key=None) -> dict:
+    """``fundusfm.authorship`` of a release (part of the signed content, shown in the
+    model card): who signed it, or :data:`fundusfm.release.signing.UNSIGNED`."""
+    from fundusfm.release import signing
+
+    if private_key is None:
+        return {"signed": False, "statement": signing.UNSIGNED}
+    kid = signing.key_id(private_key.public_key())
+    return {"signed": True, "algorithm": signing.ALGORITHM, "key_id": kid,
+            "statement": f"signed with Ed25519 key {kid}; verify with `fundusfm predict --trusted-key PUBLIC_KEY`"}
+
+
+def sign_config(cfg: dict, private_key=None) -> dict:
+    """``cfg`` (as it reads back from JSON) with ``fundusfm.signature`` set: the integrity
+    digest, and with ``private_key`` (Ed25519) the authorship signature of the same bytes."""
+    from fundusfm.release import signing
+
+    message = signed_bytes(cfg)
+    sig = {"algorithm": "sha256", "scope": SIGNATURE_SCOPE, "digest": hashlib.sha256(message).hexdigest()}
+    if private_key is not None:
+        sig["ed25519"] = dict(signing.sign(message, private_key), scope=ED25519_SCOPE)
+    cfg["fundusfm"]["signature"] = sig
     return cfg
 
 
-def verify_release(release_dir: str | Path, cfg: dict) -> None:
-    """Refuse a release whose ``config.json`` or weights changed after export.
+def verify_release(release_dir: str | Path, cfg: dict, trusted=None) -> str:
+    """Refuse a release whose ``config.json`` or weights changed after export, or (with
+    trusted keys) that no trusted key signed; returns what was established, e.g.
+    ``signed by trusted key ed25519:...`` or ``integrity only, unsigned``.
 
-    ``fundusfm.signature`` must match the config (a changed class order, task type,
-    mean, a removed file list: any edit), and ``model.safetensors`` its SHA-256 in
-    ``fundusfm.files``; a missing entry is an error, never a skipped check. A changed
+    Integrity: ``fundusfm.signature.digest`` must match the config (a changed class order,
+    task type, mean, a removed file list: any edit), and ``model.safetensors`` its SHA-256
+    in ``fundusfm.files``; a missing entry is an error, never a skipped check. A changed
     model card (README.md) is only reported: it does not change predictions.
+
+    Authorship (``trusted``: :class:`fundusfm.release.signing.TrustedKey` list): the Ed25519
+    signature must verify with one of them; an unsigned release, one signed by another key,
+    or one re-signed after an edit is refused. Without trusted keys nothing is claimed
+    beyond integrity.
     """
     release_dir = Path(release_dir)
     path = release_dir / CONFIG_FILE
@@ -125,6 +157,35 @@ def verify_release(release_dir: str | Path, cfg: dict) -> None:
     if isinstance(card_entry, dict) and card.is_file() and sha256_file(card) != card_entry.get("sha256"):
         log.warning("%s differs from the model card exported with these weights (%s fundusfm.files): it was edited",
                     card, path)
+    return _authorship(path, cfg, sig, list(trusted or []))
+
+
+def _authorship(path: Path, cfg: dict, sig: dict, trusted: list) -> str:
+    from fundusfm.release import signing
+
+    block = sig.get("ed25519")
+    claimed = cfg["fundusfm"].get("authorship") or {}
+    if block is not None and (not isinstance(block, dict) or claimed.get("key_id") != block.get("key_id")):
+        raise ReleaseError(f"{path}: key 'fundusfm.signature.ed25519' does not match fundusfm.authorship (key "
+                           f"{claimed.get('key_id')!r}): the signature was replaced; ask its author for the release")
+    ids = ", ".join(f"{k.key_id} ({k.source})" for k in trusted)
+    if not trusted:
+        if block is None:
+            return signing.UNSIGNED
+        return (f"signed by key {block.get('key_id')}, not verified: no trusted key given (--trusted-key or "
+                f"${signing.KEYRING_ENV}); integrity only")
+    if block is None:
+        raise ReleaseError(f"{path}: the release is unsigned ({signing.UNSIGNED}) but trusted keys were given "
+                           f"({ids}): refused; ask its author for an export signed with `fundusfm export --sign-key`")
+    key = signing.verify(signed_bytes(cfg), block, trusted)
+    if key is None:
+        if block.get("key_id") in {k.key_id for k in trusted}:
+            raise ReleaseError(f"{path}: the Ed25519 signature of trusted key {block.get('key_id')} does not verify: "
+                               "the release was changed after it was signed (and re-signed without the key); "
+                               "refused: get the release again from its author")
+        raise ReleaseError(f"{path}: signed by key {block.get('key_id')}, which is none of the trusted keys ({ids}): "
+                           "refused; add its public key with --trusted-key only if you trust its author")
+    return f"signed by trusted key {key.key_id} ({key.source})"
 
 
 def check_model_meta(cfg: dict, path: str | Path) -> dict:
@@ -203,6 +264,7 @@ class ReleasedModel:
     spec: PreprocessSpec
     device: torch.device
     path: Path
+    authenticity: str = "integrity only, unsigned"
 
     @property
     def classes(self) -> list[str]:
@@ -236,11 +298,14 @@ class ReleasedModel:
         return out
 
 
-def load_model(release_dir: str | Path, device: str | torch.device = "cpu") -> ReleasedModel:
+def load_model(release_dir: str | Path, device: str | torch.device = "cpu", trusted_keys=None) -> ReleasedModel:
     """Load a release folder written by ``fundusfm export``.
 
-    Checks the signature of ``config.json`` and the SHA-256 of ``model.safetensors``
-    (:func:`verify_release`) and the sanity of the model keys (:func:`check_model_meta`),
+    Checks the integrity digest of ``config.json`` and the SHA-256 of
+    ``model.safetensors`` and, with ``trusted_keys`` (public key files or folders; the
+    keyring of ``$FUNDUSFM_TRUSTED_KEYS`` is added), its Ed25519 authorship
+    (:func:`verify_release`); ``authenticity`` of the result says what was established
+    (``integrity only, unsigned`` without a signature). Then the sanity of the model keys (:func:`check_model_meta`),
     rebuilds the architecture from the config (timm + head), checks that the weights'
     shapes fit it (the head's outputs are the classes), loads them strictly (no pickle is
     ever read), and returns a :class:`ReleasedModel` whose ``preprocess`` / ``predict``
@@ -251,10 +316,20 @@ def load_model(release_dir: str | Path, device: str | torch.device = "cpu") -> R
 
     from fundusfm.models.factory import create
 
+    from fundusfm.release import signing
+
     release_dir = Path(release_dir)
+    try:
+        trusted = signing.keyring(trusted_keys or ())
+    except signing.SigningKeyError as e:
+        raise ReleaseError(str(e)) from None
     cfg = read_config(release_dir)
     ff = cfg["fundusfm"]
-    verify_release(release_dir, cfg)
+    authenticity = verify_release(release_dir, cfg, trusted)
+    if not authenticity.startswith("signed by trusted key"):
+        log.warning("release %s: %s", release_dir, authenticity)
+    else:
+        log.info("release %s: %s", release_dir, authenticity)
     meta = check_model_meta(cfg, release_dir / CONFIG_FILE)
     weights = release_dir / WEIGHTS_FILE
     try:
@@ -289,4 +364,5 @@ def load_model(release_dir: str | Path, device: str | torch.device = "cpu") -> R
     if result.missing_keys or result.unexpected_keys:
         raise ReleaseError(f"{weights} does not match {meta['arch']} with the {meta['head']} head: "
                            f"missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}")
-    return ReleasedModel(model=model.to(dev).eval(), config=cfg, meta=meta, spec=spec, device=dev, path=release_dir)
+    return ReleasedModel(model=model.to(dev).eval(), config=cfg, meta=meta, spec=spec, device=dev, path=release_dir,
+                         authenticity=authenticity)

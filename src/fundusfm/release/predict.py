@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+
 log = logging.getLogger("fundusfm.predict")
 
 BASE_COLUMNS = ["path", "status", "reason", "quality", "fov_cx", "fov_cy", "fov_r"]
@@ -29,7 +30,9 @@ def expand_inputs(inputs: list[str], path_column: str | None = None) -> list[str
     """Image paths of the inputs, in order.
 
     A folder gives every file below it (sorted; hidden files, e.g. ``.DS_Store``, are
-    skipped and counted in the log), a ``.csv`` file the paths in its column
+    skipped and counted in the log; a file without a photograph's suffix,
+    :data:`fundusfm.imagetypes.IMAGE_SUFFIXES`, the list preprocessing reads, gets an
+    ``error`` row saying so), a ``.csv`` file the paths in its column
     ``path_column`` (default: the first of ``path``, ``image``, ``file``, ``filename``;
     relative paths are relative to the CSV's folder), anything else is taken as an image
     path, even when missing (its row then says so).

@@ -22,6 +22,13 @@ Every process takes a file lock (``<db>.lock``, :func:`store_lock`) around its f
 of a SQLite store, where MLflow creates and migrates the schema: two jobs meeting a new
 store at once would otherwise both migrate it and break it for good. The sync and the
 registration hold the same lock for their whole write.
+
+A local store belongs to its results folder. MLflow records absolute artifact locations
+(``file:///.../results/mlflow-artifacts/...``) in the database, so a copied or moved
+results folder would go on writing its artifacts into the original's folder. On first
+use in a process, :func:`relocate_store` rewrites every location that points at another
+folder's ``mlflow-artifacts`` (and MLflow's ``mlruns`` default of the process that
+created the store) to this store's own folder, before anything is written.
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ import json
 import logging
 import os
 import random
+import re
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -107,6 +116,86 @@ def _sqlite_artifact_root(uri: str) -> str | None:
     default is ./mlruns of whatever folder the job happens to run in)."""
     db = _sqlite_file(uri)
     return None if db is None else (db.parent / "mlflow-artifacts").resolve().as_uri()
+
+
+ARTIFACTS_DIR = "mlflow-artifacts"
+# (table, column) holding an artifact location, in MLflow's SQLite schema (3.x); absent
+# tables or columns (older schemas) are skipped
+LOCATION_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri"),
+                    ("model_versions", "source"), ("model_versions", "storage_location"),
+                    ("logged_models", "artifact_location"))
+_relocated: set[str] = set()
+
+
+def _as_path(location: str) -> str | None:
+    """The local path of a ``file:`` URI or a plain absolute path, else ``None`` (s3:, ...)."""
+    if location.startswith("file://"):
+        from urllib.parse import unquote, urlparse
+
+        return unquote(urlparse(location).path)
+    return location if location.startswith("/") else None
+
+
+def relocate_store(uri: str) -> dict[str, str]:
+    """Point a local SQLite store's artifact locations at its own folder; returns
+    ``{old root: new root}`` of what was rewritten (empty when nothing pointed elsewhere).
+
+    The store's artifacts live in ``<db folder>/mlflow-artifacts`` (:func:`_sqlite_artifact_root`).
+    A location ``<X>/mlflow-artifacts/...`` with another ``X`` (the folder the store was
+    copied or moved from) is rewritten to this root, in experiments, runs, model versions
+    and logged models alike, and so is MLflow's own ``<cwd>/mlruns/<id>`` default of the
+    process that created the store. Locations elsewhere (an object store, a server's
+    artifact root) are left as they are. Done once per store and process, under
+    :func:`store_lock`; the caller holds it."""
+    db = _sqlite_file(uri)
+    if db is None or not db.is_file():
+        return {}
+    key = str(db.resolve())
+    if key in _relocated:
+        return {}
+    root = (db.parent / ARTIFACTS_DIR).resolve()
+    done: dict[str, str] = {}
+    con = sqlite3.connect(str(db), timeout=60)
+    try:
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "experiments" not in tables:
+            _relocated.add(key)
+            return {}
+        olds: set[str] = set()
+        for eid, loc in con.execute("SELECT experiment_id, artifact_location FROM experiments").fetchall():
+            path = _as_path(loc or "")
+            if path is None or path == str(root) or path.startswith(str(root) + "/"):
+                continue
+            m = re.match(rf"^(.*/{ARTIFACTS_DIR})(/.*)?$", path)
+            if m:
+                olds.add(m.group(1))
+            elif re.match(rf"^.*/mlruns/{re.escape(str(eid))}$", path):
+                # MLflow's default (experiment 0): <cwd>/mlruns/<id> of the process that made the
+                # store, the study folder above results/; follows the study folder when it moved
+                home = str(db.parent.parent.resolve() / "mlruns" / str(eid))
+                if path != home:
+                    con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?", (home, eid))
+                    done[path] = home
+        for old in sorted(olds):
+            new = str(root)
+            for table, col in LOCATION_COLUMNS:
+                if table not in tables or col not in {r[1] for r in con.execute(f"PRAGMA table_info({table})")}:
+                    continue
+                rows = con.execute(f"SELECT rowid, {col} FROM {table} WHERE {col} IS NOT NULL").fetchall()
+                for rowid, loc in rows:
+                    for prefix, repl in ((Path(old).as_uri(), root.as_uri()), (old, new)):
+                        if loc == prefix or loc.startswith(prefix + "/"):
+                            con.execute(f"UPDATE {table} SET {col} = ? WHERE rowid = ?", (repl + loc[len(prefix):], rowid))
+                            break
+            done[old] = new
+        con.commit()
+    finally:
+        con.close()
+    if done:
+        log.warning("MLflow store %s was made in another folder: its artifact locations now point at %s (%s)",
+                    db, root, ", ".join(f"{k} -> {v}" for k, v in sorted(done.items())))
+    _relocated.add(key)
+    return done
 
 
 def _quick_http() -> None:
@@ -201,6 +290,7 @@ def open_client(uri: str) -> _RetryingClient:
     migrates a new SQLite store, runs under :func:`store_lock`."""
     _quick_http()
     with store_lock(uri):
+        relocate_store(uri)  # a copied or moved results folder writes into its own artifacts only
         client = _RetryingClient(uri)
         client.search_experiments(max_results=1)
     return client

@@ -184,7 +184,9 @@ def infer_main(argv: list[str] | None = None) -> int:
 
         device = torch.device("cpu") if a.gpus == 0 else resolve_device(a.device)
         model, meta = load_trained(a.model_dir, device)
-        prob = predict_paths(model, meta, rows["image"].tolist(), a.batch_size, device)
+        from fundusfm.train.data import image_digests
+
+        prob = predict_paths(model, meta, rows["image"].tolist(), a.batch_size, device, digests=image_digests(rows))
         where = str(device)
     task = TaskSpec.from_dict(meta["task"])
     frame = predictions_frame(rows, encode_targets(rows, task, a.table), prob, task)

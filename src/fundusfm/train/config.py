@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 # Defaults follow the paper where it says (ResNet50, 512 px, its head) and common
 # fine-tuning practice elsewhere.  Every key a run may set is listed here.
@@ -65,6 +66,70 @@ NORMALISATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
 }
 
+# timm.create_model arguments fundusfm sets itself: never part of model_args (refused
+# before any job; models.factory.create refuses them too)
+RESERVED_MODEL_ARGS = frozenset({"num_classes", "img_size", "pretrained", "pretrained_cfg", "pretrained_cfg_overlay",
+                                 "drop_rate", "drop_path_rate", "checkpoint_path"})
+
+# the type and range of every scalar hyper-parameter: (kind, low, high, low inclusive,
+# allows None); kinds: int (never a boolean), real (a finite number, never a boolean), bool
+_NUMBERS: dict[str, tuple] = {
+    "img_size": ("int", 1, None, True, False),
+    "batch_size": ("int", 1, None, True, False),
+    "eval_batch_size": ("int", 1, None, True, True),
+    "epochs": ("int", 1, None, True, False),
+    "lr": ("real", 0.0, None, False, False),
+    "min_lr": ("real", 0.0, None, True, False),
+    "weight_decay": ("real", 0.0, None, True, False),
+    "warmup_epochs": ("real", 0.0, None, True, False),
+    "layer_decay": ("real", 0.0, 1.0, False, True),
+    "label_smoothing": ("real", 0.0, 1.0, True, False),
+    "drop_rate": ("real", 0.0, 1.0, True, False),
+    "drop_path_rate": ("real", 0.0, 1.0, True, False),
+    "val_min_patients": ("int", 0, None, True, False),
+    "patience": ("int", 1, None, True, True),
+    "grad_clip": ("real", 0.0, None, False, True),
+    "log_every": ("int", 0, None, True, False),
+    "channels_last": ("bool",), "compile": ("bool",), "sync_bn": ("bool",), "deterministic": ("bool",),
+}
+_AUGMENT_NUMBERS: dict[str, tuple] = {
+    "hflip": (0.0, 1.0), "vflip": (0.0, 1.0), "rotation": (0.0, 180.0), "scale_min": (1e-6, 1.0),
+    "brightness": (0.0, 1.0), "contrast": (0.0, 1.0), "saturation": (0.0, 1.0), "hue": (0.0, 0.5),
+}
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _number_problem(key: str, v, rule: tuple) -> str | None:
+    kind = rule[0]
+    if kind == "bool":
+        return None if isinstance(v, bool) else f"hparams {key} must be true or false, got {v!r}"
+    _, low, high, low_incl, nullable = rule
+    if v is None and nullable:
+        return None
+    what = "an integer" if kind == "int" else "a finite number"
+    if kind == "int" and (isinstance(v, bool) or not isinstance(v, int)):
+        return f"hparams {key} must be {what}{' or null' if nullable else ''}, got {v!r}"
+    if kind == "real" and not _is_real(v):
+        return f"hparams {key} must be {what}{' or null' if nullable else ''}, got {v!r}"
+    if (v < low if low_incl else v <= low) or (high is not None and v > high):
+        rng = f"{'[' if low_incl else '('}{low}, {high if high is not None else 'inf'}{']' if high is not None else ')'}"
+        return f"hparams {key} must be in {rng}, got {v!r}"
+    return None
+
+
+def _norm_problem(key: str, v) -> str | None:
+    if v is None or (isinstance(v, str) and v in NORMALISATIONS):
+        return None
+    if isinstance(v, (list, tuple)) and len(v) == 3 and all(_is_real(x) for x in v):
+        if key == "std" and not all(x > 0 for x in v):
+            return f"hparams std must be > 0 per channel, got {list(v)}"
+        return None
+    return f"hparams {key} must be 3 finite numbers or one of {sorted(NORMALISATIONS)}, got {v!r}"
+
+
 HPARAM_CHOICES = {
     "head": ("timm", "paper"),
     "mode": ("full", "linear_probe"),
@@ -94,14 +159,30 @@ def resolve_hparams(given: dict | None) -> dict:
     hp.update(given)
     if not isinstance(hp["model_args"], dict):
         raise ValueError(f"hparams model_args must be an object (timm.create_model arguments), got {hp['model_args']!r}")
+    reserved = sorted(set(hp["model_args"]) & RESERVED_MODEL_ARGS)
+    if reserved:
+        raise ValueError(f"hparams model_args {reserved}: set by fundusfm itself (the input size is img_size, the "
+                         "outputs come from the task, weights from the init, dropout from drop_rate / "
+                         "drop_path_rate); remove them")
     for key, choices in HPARAM_CHOICES.items():
         if hp[key] not in choices:
             raise ValueError(f"hparams {key}={hp[key]!r}: choose one of {choices}")
-    for key in ("img_size", "batch_size", "epochs"):
-        if not isinstance(hp[key], int) or hp[key] < 1:
-            raise ValueError(f"hparams {key} must be a positive integer, got {hp[key]!r}")
-    if hp["lr"] <= 0:
-        raise ValueError(f"hparams lr must be > 0, got {hp['lr']}")
-    if hp["layer_decay"] is not None and not 0 < hp["layer_decay"] <= 1:
-        raise ValueError(f"hparams layer_decay must be in (0, 1], got {hp['layer_decay']}")
+    for key, rule in _NUMBERS.items():
+        problem = _number_problem(key, hp[key], rule)
+        if problem:
+            raise ValueError(problem)
+    for key in ("mean", "std"):
+        problem = _norm_problem(key, hp[key])
+        if problem:
+            raise ValueError(problem)
+    if hp["imagenet_weights"] is not None and not (isinstance(hp["imagenet_weights"], str) and hp["imagenet_weights"]):
+        raise ValueError(f"hparams imagenet_weights must be a file path or null, got {hp['imagenet_weights']!r}")
+    aug = hp["augment"]
+    for key, (low, high) in _AUGMENT_NUMBERS.items():
+        v = aug[key]
+        if not _is_real(v) or not low <= v <= high:
+            raise ValueError(f"hparams augment.{key} must be a finite number in [{low:g}, {high:g}], got {v!r}")
+    r = aug["ratio"]
+    if not (isinstance(r, (list, tuple)) and len(r) == 2 and all(_is_real(x) and x > 0 for x in r) and r[0] <= r[1]):
+        raise ValueError(f"hparams augment.ratio must be [low, high] with 0 < low <= high, got {r!r}")
     return hp

@@ -29,7 +29,24 @@ _CV_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)  # OpenCV >= 4.11 decodes strai
 _CV_READ = (cv2.IMREAD_COLOR if _CV_RGB is None else _CV_RGB) | cv2.IMREAD_IGNORE_ORIENTATION
 
 
-def decode_rgb(source, size: int) -> np.ndarray:
+def check_digest(data: bytes, digest: str | None, source) -> None:
+    """Refuse a processed image whose bytes are not the ones preprocessing wrote
+    (``digest``: its xxh3-128 in the QC table, ``processed_xxh3``, carried into the task
+    table as ``image_xxh3``; empty or ``None``: not recorded, nothing to check)."""
+    if not digest or not isinstance(digest, str):
+        return
+    from fundusfm.hashing import DigestMismatch, fast_digest_bytes
+
+    if fast_digest_bytes(data) != digest:
+        name = getattr(source, "name", source)
+        raise DigestMismatch(
+            f"processed image {name} is not the file preprocessing wrote (its xxh3-128 differs from the QC "
+            f"table's processed_xxh3 {digest[:12]}...): it was replaced or damaged after preprocessing. Rebuild "
+            f"it: `snakemake --forcerun preprocess` (changed images are redone, then the jobs after them), or "
+            f"delete it and rerun `fundusfm preprocess` for its dataset")
+
+
+def decode_rgb(source, size: int, digest: str | None = None) -> np.ndarray:
     """Decode an image file (path or binary file object) as a ``size`` x ``size`` HxWx3 uint8 RGB array.
 
     OpenCV (libjpeg-turbo, libpng) decodes the stored training copies straight into an RGB
@@ -37,10 +54,15 @@ def decode_rgb(source, size: int) -> np.ndarray:
     (``benchmarks/train_throughput.py --loader-only``). EXIF orientation is ignored
     (processed images carry none). Anything OpenCV refuses goes through Pillow, which also
     words the error. Images not already at training size are resized (area filter when
-    shrinking, bilinear when enlarging; processed images usually are at size).
+    shrinking, bilinear when enlarging; processed images usually are at size). With
+    ``digest`` the bytes are checked first (:func:`check_digest`).
     """
     try:
         data = source.read() if hasattr(source, "read") else Path(source).read_bytes()
+    except OSError as exc:
+        raise OSError(f"cannot read image {getattr(source, 'name', source)}: {exc}") from exc
+    check_digest(data, digest, source)
+    try:
         arr = cv2.imdecode(np.frombuffer(data, np.uint8), _CV_READ) if data else None
         if arr is not None and _CV_RGB is None:
             arr = cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
@@ -55,9 +77,17 @@ def decode_rgb(source, size: int) -> np.ndarray:
     return arr
 
 
-def load_image(source, size: int) -> torch.Tensor:
+def load_image(source, size: int, digest: str | None = None) -> torch.Tensor:
     """:func:`decode_rgb` as a uint8 CHW tensor (a view: ``torch.stack`` of a batch copies once)."""
-    return torch.from_numpy(decode_rgb(source, size)).permute(2, 0, 1)
+    return torch.from_numpy(decode_rgb(source, size, digest)).permute(2, 0, 1)
+
+
+def image_digests(rows) -> list[str] | None:
+    """The recorded content digest of each row's processed image (task table column
+    ``image_xxh3``), or ``None`` for a table written before it was recorded."""
+    if "image_xxh3" not in getattr(rows, "columns", ()):
+        return None
+    return ["" if not isinstance(v, str) else v for v in rows["image_xxh3"].tolist()]
 
 
 # ----------------------------------------------------------------------------- augmentation
@@ -192,15 +222,17 @@ class FundusDataset(Dataset):
     when ``None``, the engine augments the batch on the device with the same seeds.
     """
 
-    def __init__(self, paths: list[str], targets: np.ndarray, size: int, augment: CpuAugment | None = None):
+    def __init__(self, paths: list[str], targets: np.ndarray, size: int, augment: CpuAugment | None = None,
+                 digests: list[str] | None = None):
         self.paths, self.targets, self.size, self.augment = list(paths), targets, size, augment
+        self.digests = list(digests) if digests is not None else None  # checked at every read
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, key):
         idx, aug_seed = key if isinstance(key, tuple) else (key, None)
-        img = decode_rgb(self.paths[idx], self.size)
+        img = decode_rgb(self.paths[idx], self.size, self.digests[idx] if self.digests else None)
         if self.augment is not None and aug_seed is not None:
             img = self.augment(img, aug_seed)
         return torch.from_numpy(img), torch.tensor(self.targets[idx]), idx

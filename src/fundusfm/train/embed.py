@@ -30,6 +30,7 @@ import timm
 import torch
 from torch import nn
 
+from fundusfm import layout
 from fundusfm.models import load_init
 from fundusfm.models.factory import build, input_norm
 from fundusfm.train.features import write_features
@@ -37,7 +38,7 @@ from fundusfm.train.sets import MODEL_INIT_SALT, file_row, mix_seed
 
 log = logging.getLogger("fundusfm.embed")
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+from fundusfm.imagetypes import IMAGE_SUFFIXES  # noqa: E402 - the one list (predict, preprocess, ingest)
 POOLING = "timm forward_features + forward_head(pre_logits=True): the classification head's input"
 DEFINITION_KEYS = ("arch", "head", "img_size", "mean", "std")
 
@@ -51,7 +52,7 @@ class EmbedError(ValueError):
 
 def build_init_model(hp: dict, num_outputs: int, init: str, *, seed: int = 0, trust_pickle: bool = False,
                      allow_partial: bool = False, checkpoint_format: str = "auto",
-                     key_map: dict | None = None) -> tuple[nn.Module, dict, dict]:
+                     key_map: dict | None = None, conversions=None) -> tuple[nn.Module, dict, dict]:
     """The model a fine-tune of init ``init`` starts from, in eval mode on the CPU, with
     its key report (dict) and its definition (arch, head, img_size, mean, std).
 
@@ -62,7 +63,7 @@ def build_init_model(hp: dict, num_outputs: int, init: str, *, seed: int = 0, tr
     model = build(hp, num_outputs)
     report = load_init(model, init, trust_pickle=trust_pickle, allow_partial=allow_partial,
                        imagenet_weights=hp["imagenet_weights"], checkpoint_format=checkpoint_format,
-                       key_map=key_map or {}, carry_head=hp["carry_head"])
+                       key_map=key_map or {}, carry_head=hp["carry_head"], conversions=conversions)
     mean, std = input_norm(model, hp["mean"], hp["std"])
     definition = {"arch": hp["arch"], "head": hp["head"], "img_size": int(hp["img_size"]), "mean": mean, "std": std}
     return model.eval(), report.to_dict() | {"summary": report.summary()}, definition
@@ -98,14 +99,16 @@ def extract(model: nn.Module, batches: Iterable[torch.Tensor], *, mean: Sequence
     return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
 
-def _file_batches(paths: Sequence[str], size: int, batch_size: int, workers: int, pin: bool):
+def _file_batches(paths: Sequence[str], size: int, batch_size: int, workers: int, pin: bool,
+                  digests: Sequence[str] | None = None):
     """uint8 NCHW batches of processed images on disk, read as the training engine's
-    evaluation reads them (:class:`~fundusfm.train.data.FundusDataset`)."""
+    evaluation reads them (:class:`~fundusfm.train.data.FundusDataset`; ``digests``: their
+    recorded content digests, checked at each read)."""
     from torch.utils.data import DataLoader
 
     from fundusfm.train.data import FundusDataset
 
-    ds = FundusDataset(list(paths), np.zeros(len(paths), dtype=np.int64), size)
+    ds = FundusDataset(list(paths), np.zeros(len(paths), dtype=np.int64), size, digests=digests)
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin)
     for x, _, _ in loader:
         yield x.permute(0, 3, 1, 2)  # HWC from the dataset
@@ -145,6 +148,16 @@ def _versions() -> dict:
 
 
 # ----------------------------------------------------------------------------- workflow mode
+
+
+def _table_digests(table: str | Path, images: Sequence[str]) -> list[str] | None:
+    """The recorded digest (task table ``image_xxh3``) of each image path, or ``None`` for a
+    table written before digests were recorded."""
+    df = pd.read_csv(table, dtype=str, keep_default_na=False)
+    if "image_xxh3" not in df.columns:
+        return None
+    by_path = dict(zip(df["image"], df["image_xxh3"]))
+    return [by_path.get(p, "") for p in images]
 
 
 def table_images(table: str | Path, part: str | None = None) -> list[str]:
@@ -209,8 +222,9 @@ def embed_table(table: str | Path, out: str | Path, *, init: str, hp: dict, num_
     images = table_images(table, part)
     model, report, definition = build_init_model(hp, num_outputs, init, seed=seed, trust_pickle=trust_pickle,
                                                  allow_partial=allow_partial, checkpoint_format=checkpoint_format,
-                                                 key_map=key_map)
-    batches = _file_batches(images, definition["img_size"], batch_size, workers, device.type == "cuda")
+                                                 key_map=key_map, conversions=layout.conversions_dir_of(out))
+    batches = _file_batches(images, definition["img_size"], batch_size, workers, device.type == "cuda",
+                            _table_digests(table, images))
     x, stats = _run(model, batches, definition, device, len(images))
     meta = {"model": definition,
             "init": {"name": init_name or init, "spec": init, "checkpoint_format": checkpoint_format,
@@ -225,8 +239,8 @@ def embed_table(table: str | Path, out: str | Path, *, init: str, hp: dict, num_
 
 
 def expand_images(inputs: Sequence[str]) -> list[str]:
-    """Image files of the inputs, in order: a file as given, a folder every
-    ``.jpg/.jpeg/.png/.tif/.tiff`` below it (sorted; hidden files and folders skipped)."""
+    """Image files of the inputs, in order: a file as given, a folder every photograph
+    below it (:data:`fundusfm.imagetypes.IMAGE_SUFFIXES`; sorted; hidden files and folders skipped)."""
     out: list[str] = []
     for item in inputs:
         p = Path(item)

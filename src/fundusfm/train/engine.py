@@ -33,7 +33,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from fundusfm.fileio import atomic_write, atomic_write_many
+from fundusfm import layout
+from fundusfm.fileio import atomic_write, atomic_write_many, csv_writer
 from fundusfm.models import load_init
 from fundusfm.models.factory import build, input_norm
 from fundusfm.models.factory import classifier_name
@@ -45,6 +46,7 @@ from fundusfm.train.data import (
     FundusDataset,
     GpuAugment,
     ShardBatchSampler,
+    image_digests,
     sample_weights,
 )
 from fundusfm.train.metrics import effective_monitor, is_better, monitor_value
@@ -174,7 +176,8 @@ class Trainer:
                                          allow_partial=spec.allow_partial,
                                          imagenet_weights=hp["imagenet_weights"],
                                          checkpoint_format=spec.checkpoint_format, key_map=spec.key_map,
-                                         carry_head=hp["carry_head"]).to_dict()
+                                         carry_head=hp["carry_head"],
+                                         conversions=layout.conversions_dir_of(spec.out)).to_dict()
         else:
             self.model.load_state_dict(self.state["model"])
             self.init_report = self.state["init_report"]
@@ -281,12 +284,14 @@ class Trainer:
                                                world=self.world, weights=weights)
         if len(self.train_sampler) == 0:
             raise ValueError(f"{len(ytr)} training images are too few for one batch across {self.world} process(es)")
-        train_ds = FundusDataset(self.sets["train"]["image"].tolist(), ytr, hp["img_size"], tf)
+        train_ds = FundusDataset(self.sets["train"]["image"].tolist(), ytr, hp["img_size"], tf,
+                                 digests=image_digests(self.sets["train"]))
         self.train_loader = DataLoader(train_ds, batch_sampler=self.train_sampler, **self._loader_kwargs(workers))
         self.val_loader = self._eval_loader("val", persistent=True) if len(self.sets["val"]) else None
 
     def _eval_loader(self, name: str, persistent: bool = False) -> DataLoader:
-        ds = FundusDataset(self.sets[name]["image"].tolist(), self.targets[name], self.hp["img_size"])
+        ds = FundusDataset(self.sets[name]["image"].tolist(), self.targets[name], self.hp["img_size"],
+                           digests=image_digests(self.sets[name]))
         kw = self._loader_kwargs(self.workers if persistent else min(self.workers, 4))
         if not persistent:
             kw.pop("persistent_workers", None)
@@ -501,9 +506,9 @@ class Trainer:
                   "versions": {"torch": torch.__version__, "timm": timm.__version__},
                   "resources": self.resources()}
         hist = pd.DataFrame(self.history)
-        writes = [(f"predictions_{k}.csv", lambda p, d=d: d.to_csv(p, index=False)) for k, d in preds.items()]
+        writes = [(f"predictions_{k}.csv", csv_writer(d)) for k, d in preds.items()]
         writes += [
-            ("history.csv", lambda p: hist.to_csv(p, index=False)),
+            ("history.csv", csv_writer(hist)),
             ("train_config.json", lambda p: p.write_text(json.dumps(config, indent=2, default=str))),
             ("model.safetensors", lambda p: save_file({k: v.contiguous() for k, v in best_state.items()}, str(p))),
             ("model.json", lambda p: p.write_text(json.dumps(meta, indent=2, default=str))),

@@ -25,13 +25,16 @@ def predict_batch(model: nn.Module, meta: dict, x_uint8: torch.Tensor, device: t
     return probabilities(model(x), meta["task_type"] == "multilabel").cpu().numpy()
 
 
-def predict_paths(model: nn.Module, meta: dict, paths: list[str], batch_size: int = 32, device="cpu") -> np.ndarray:
-    """Probabilities of processed images on disk, in order, batch by batch."""
+def predict_paths(model: nn.Module, meta: dict, paths: list[str], batch_size: int = 32, device="cpu",
+                  digests: list[str] | None = None) -> np.ndarray:
+    """Probabilities of processed images on disk, in order, batch by batch (``digests``:
+    their recorded content digests, checked as each is read)."""
     from fundusfm.train.data import load_image
 
     size = int(meta["img_size"])
+    digests = list(digests) if digests is not None else [None] * len(paths)
     parts = [np.zeros((0, int(meta["num_classes"])), dtype=np.float32)]
     for i in range(0, len(paths), batch_size):
-        x = torch.stack([load_image(p, size) for p in paths[i : i + batch_size]])
+        x = torch.stack([load_image(p, size, d) for p, d in zip(paths[i : i + batch_size], digests[i : i + batch_size])])
         parts.append(predict_batch(model, meta, x, device))
     return np.concatenate(parts)

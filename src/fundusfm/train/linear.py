@@ -238,7 +238,7 @@ def run_probe(spec: ProbeSpec) -> dict:
     import sklearn
     from sklearn.preprocessing import StandardScaler
 
-    from fundusfm.fileio import atomic_write_many
+    from fundusfm.fileio import atomic_write_many, csv_writer
 
     t0 = time.time()
     task, hp = spec.task, spec.hparams
@@ -339,10 +339,10 @@ def run_probe(spec: ProbeSpec) -> dict:
     hist = pd.DataFrame(history)
     out = Path(spec.out)
     dumps = lambda obj: json.dumps(obj, indent=2, default=str)  # noqa: E731
-    writes = [(out / f"predictions_{k}.csv", lambda p, d=d: d.to_csv(p, index=False)) for k, d in preds.items()]
+    writes = [(out / f"predictions_{k}.csv", csv_writer(d)) for k, d in preds.items()]
     writes += [
         (out / PROBE_FILE, lambda p: p.write_text(json.dumps(probe, default=str))),
-        (out / "history.csv", lambda p: hist.to_csv(p, index=False)),
+        (out / "history.csv", csv_writer(hist)),
         (out / "train_config.json", lambda p: p.write_text(dumps(config))),
         (out / "model.json", lambda p: p.write_text(dumps(meta))),
     ]

@@ -22,8 +22,10 @@ from typing import Callable
 import pandas as pd
 
 from fundusfm.data.manifest import ManifestError
+from fundusfm.imagetypes import IMAGE_SUFFIXES
 
-IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
+# the one list of photograph suffixes (fundusfm.imagetypes), shared with preprocess and predict
+IMAGE_EXTS = frozenset(IMAGE_SUFFIXES)
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,11 @@ def option_type_problem(value, opt: Opt) -> str | None:
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, list) or not items or any(not isinstance(v, str) or not v.strip() for v in items):
             return f"must be a glob (e.g. \"images/**/*.jpg\") or a list of globs, got {_typename(value)}"
+        for v in items:  # globs list files of the dataset root, never elsewhere
+            parts = v.replace("\\", "/").split("/")
+            if v.startswith(("/", "~")) or (len(v) > 1 and v[1] == ":") or ".." in parts:
+                return (f"glob {v!r} must be relative to the dataset root and stay inside it (no leading '/', '~' "
+                        "or drive, no '..')")
         return None
     if k == "fraction":
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:

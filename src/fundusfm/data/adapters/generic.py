@@ -65,6 +65,7 @@ def _glob_images(ctx: Context, patterns) -> list[str]:
     """Image files under the root matching ``image_glob`` (one pattern or a list), as relative posix paths."""
     out = set()
     for pat in [patterns] if isinstance(patterns, str) else list(patterns):
+        # relative globs without '..' only (option_type_problem, checked with the config)
         for f in ctx.root.glob(str(pat)):
             if f.is_file() and f.suffix.lower() in IMAGE_EXTS and not f.name.startswith("."):
                 out.add(f.relative_to(ctx.root).as_posix())

@@ -1,0 +1,2 @@
+"""Audits of a study's files against what the study recorded about them
+(``fundusfm check-results``, :mod:`fundusfm.audit.results`)."""
